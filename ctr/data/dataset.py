@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
@@ -138,24 +139,31 @@ class DatasetWriter:
             table = table.select(self._schema.names).cast(self._schema)
         if table.num_rows == 0:
             return
-        writer = self._writers.get(split)
-        if writer is None or self._rows_in_file[split] >= self.rows_per_file:
-            if writer is not None:
-                writer.close()
-            names = self._files.setdefault(split, [])
-            rel = f"{split}/part-{len(names):05d}.parquet"
-            (self.tmp_dir / split).mkdir(exist_ok=True)
-            writer = pq.ParquetWriter(self.tmp_dir / rel, self._schema, compression="zstd")
-            self._writers[split] = writer
-            self._rows_in_file[split] = 0
-            names.append(rel)
-        writer.write_table(table, row_group_size=1 << 20)
-        self._rows_in_file[split] += table.num_rows
+        start = 0
+        while start < table.num_rows:  # fill the current file, then roll over to the next
+            writer = self._writers.get(split)
+            if writer is None or self._rows_in_file[split] >= self.rows_per_file:
+                writer = self._open(split)
+            take = min(table.num_rows - start, self.rows_per_file - self._rows_in_file[split])
+            writer.write_table(table.slice(start, take), row_group_size=1 << 20)
+            self._rows_in_file[split] += take
+            start += take
         self._rows[split] = self._rows.get(split, 0) + table.num_rows
         if LABEL in table.column_names:
-            import pyarrow.compute as pc
             s = pc.sum(table[LABEL]).as_py() or 0.0
             self._positives[split] = self._positives.get(split, 0.0) + float(s)
+
+    def _open(self, split: str) -> pq.ParquetWriter:
+        if split in self._writers:
+            self._writers[split].close()
+        names = self._files.setdefault(split, [])
+        rel = f"{split}/part-{len(names):05d}.parquet"
+        (self.tmp_dir / split).mkdir(exist_ok=True)
+        writer = pq.ParquetWriter(self.tmp_dir / rel, self._schema, compression="zstd")
+        self._writers[split] = writer
+        self._rows_in_file[split] = 0
+        names.append(rel)
+        return writer
 
     def split_stats(self) -> dict[str, dict[str, Any]]:
         """Rows, positives and files written so far, per split (goes into meta["splits"])."""

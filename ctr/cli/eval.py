@@ -1,0 +1,86 @@
+"""``ctr-eval``: AUC, logloss, positive rate and calibration of a trained run on a split.
+
+Example::
+
+    ctr-eval --run runs/deepfm-128K-cowclip --split test            # the run's own dataset
+    ctr-eval --run runs/deepfm-128K-cowclip --data data/other --json out.json
+
+Loads the run's latest checkpoint in one process (the checkpoint is keyed by table rows, so
+a run trained on N ranks evaluates on one), prints the metrics and writes them as JSON
+(default ``RUN/eval-<split>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ctr.data.dataset import DatasetError, read_meta, write_json_atomic
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ctr-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory made by ctr-train")
+    p.add_argument("--data", help="processed dataset (default: the one the run trained on)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch", type=int, default=65536)
+    p.add_argument("--json", help="where to write the metrics (default RUN/eval-SPLIT.json)")
+    args = p.parse_args(argv)
+    from ctr.train.checkpoint import CheckpointError
+    try:
+        metrics = evaluate_run(args.run, args.data, args.split, args.device, args.batch)
+    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"ctr-eval: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.json) if args.json else Path(args.run) / f"eval-{args.split}.json"
+    write_json_atomic(out, metrics)
+    print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    print(f"written: {out}")
+    return 0
+
+
+def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int) -> dict:
+    import torch
+
+    from ctr.data.loader import SplitTensors
+    from ctr.distributed.env import init_distributed, shutdown_distributed
+    from ctr.distributed.sharding import fused_groups, shard_model
+    from ctr.models import ModelConfig, build_model
+    from ctr.train import checkpoint as ckpt
+    from ctr.train.metrics import click_metrics
+    from ctr.train.trainer import predict
+
+    run_dir = Path(run)
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
+    cfg = json.loads(cfg_file.read_text())
+    data = data or cfg["data"]
+    meta = read_meta(data)
+    state = ckpt.load_checkpoint(run_dir)
+    t0 = time.time()
+    env = init_distributed(device)
+    try:
+        torch.manual_seed(0)
+        mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in cfg.get("model_config", {}).items()})
+        model = build_model(cfg["model"], meta["dense_fields"], meta["sparse_fields"],
+                            meta["vocab_sizes"], mcfg, device="cpu")
+        dmp, _ = shard_model(model, env, "auto")
+        ckpt.restore_(state, dmp, fused_groups(dmp), None)
+        split_data = SplitTensors.load(data, split)
+        probs, labels = predict(dmp, split_data, batch, env)
+    finally:
+        shutdown_distributed()
+    metrics = {"run": str(run_dir), "data": str(data), "split": split, "model": cfg["model"],
+               **click_metrics(labels, probs), "seconds": time.time() - t0}
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(main())

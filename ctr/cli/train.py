@@ -1,0 +1,157 @@
+"""``ctr-train``: train one model at one batch size and report AUC.
+
+Examples::
+
+    ctr-train --model deepfm --batch 128k                 # built-in synthetic data, CowClip rule
+    ctr-train --model dcn --batch 8k --data data/criteo --epochs 10 --out runs/dcn-8k
+    ctr-train --model deepfm --batch 4k --nproc 2 --sharding row_wise   # 2 processes (gloo/nccl)
+    ctr-train --out runs/dcn-8k --resume ...              # continue after Ctrl-C or a crash
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ctr.data.dataset import DatasetError, read_meta
+from ctr.distributed.sharding import SHARDING_CHOICES
+from ctr.optim.scaling import RULES, format_batch, parse_batch
+from ctr.train.config import CONFIG_DIR, load_config
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+MODELS = ("deepfm", "dcn", "dcnv2", "wd")
+
+
+def _mlp(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mlp wants sizes like 400,400,400, not {text!r}")
+
+
+def _batch(text: str) -> int:
+    try:
+        return parse_batch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctr-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=MODELS, default="deepfm")
+    p.add_argument("--batch", type=_batch, default=None, help="global batch: 1k, 128K, 131072")
+    p.add_argument("--data", help="processed dataset dir (default: the built-in synthetic data)")
+    p.add_argument("--config", help="YAML config (default: configs/<dataset>/<model>.yaml)")
+    p.add_argument("--dataset", help="which configs/<dataset>/ to take defaults from "
+                   "(default: the dataset's meta.json 'dataset')")
+    p.add_argument("--scaling", choices=RULES, help="hyperparameter rule from the base batch")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--sharding", choices=SHARDING_CHOICES)
+    p.add_argument("--nproc", type=int, default=1, help="launch this many local worker processes")
+    p.add_argument("--out", help="run directory (default: runs/<model>-<batch>-<scaling>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    g = p.add_argument_group("hyperparameters (base values, before the scaling rule)")
+    g.add_argument("--base-batch", type=_batch)
+    g.add_argument("--dense-lr", type=float)
+    g.add_argument("--embedding-lr", type=float)
+    g.add_argument("--l2", type=float)
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--r", type=float, help="CowClip ratio r")
+    g.add_argument("--zeta", type=float, help="CowClip lower bound zeta")
+    g.add_argument("--cowclip-lower-bound", choices=("paper", "reference"))
+    g = p.add_argument_group("model")
+    g.add_argument("--embedding-dim", type=int)
+    g.add_argument("--mlp", type=_mlp)
+    g.add_argument("--init-std", type=float)
+    g.add_argument("--cross-layers", type=int)
+    g.add_argument("--dcnv2-low-rank", type=int)
+    g = p.add_argument_group("run")
+    g.add_argument("--drop-last", action="store_true", default=None,
+                   help="drop the last partial batch of each epoch")
+    g.add_argument("--eval-batch", type=_batch)
+    g.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    g.add_argument("--quiet", action="store_true")
+    return p
+
+
+def resolve_data(data: str | None, quiet: bool) -> tuple[str, str]:
+    """The dataset dir (generating the built-in one on first use) and its config family."""
+    if data is None:
+        from ctr.data.synth import ensure_demo_dataset
+        data = str(ensure_demo_dataset())
+    meta = read_meta(data)
+    family = meta.get("dataset", "criteo")
+    if not (CONFIG_DIR / family).is_dir():
+        family = "criteo"  # Criteo-style data without its own configs: the paper's Criteo values
+    return data, family
+
+
+def _strip_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        data, family = resolve_data(args.data, args.quiet)
+    except (DatasetError, FileNotFoundError) as e:
+        print(f"ctr-train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    dataset = args.dataset or family
+    out = args.out or str(Path("runs") / f"{args.model}-{format_batch(args.batch or 1024)}-"
+                          f"{args.scaling or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.nproc > 1 and "RANK" not in os.environ:
+        from ctr.distributed.env import launch_workers
+        child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]
+        return launch_workers(args.nproc, "ctr.cli.train", child)
+    overrides = {k: getattr(args, k) for k in (
+        "batch", "scaling", "epochs", "seed", "device", "sharding", "base_batch", "dense_lr",
+        "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "cowclip_lower_bound", "embedding_dim",
+        "mlp", "init_std", "cross_layers", "dcnv2_low_rank", "drop_last", "eval_batch", "max_steps")}
+    overrides.update(data=data, out=out)
+    try:
+        cfg = load_config(args.model, dataset, path=args.config, overrides=overrides)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ctr-train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    run_dir = Path(out)
+    if (run_dir / "summary.json").exists() and not args.resume and "RANK" not in os.environ:
+        print(f"ctr-train: {run_dir} already holds a finished run; pick another --out", file=sys.stderr)
+        return EXIT_USAGE
+    if (run_dir / "checkpoint").exists() and not args.resume and "RANK" not in os.environ:
+        print(f"ctr-train: {run_dir} has a checkpoint; pass --resume to continue it", file=sys.stderr)
+        return EXIT_USAGE
+    from ctr.train.checkpoint import CheckpointError
+    from ctr.train.trainer import Trainer
+    try:
+        summary = Trainer(cfg, resume=args.resume, quiet=args.quiet).run()
+    except (DatasetError, CheckpointError, ValueError) as e:
+        print(f"ctr-train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet and int(os.environ.get("RANK", 0)) == 0:
+        print(f"run: {out}  status: {summary['status']}  test AUC: {summary.get('test_auc', float('nan')):.4f}"
+              + (f"  oracle AUC: {summary['oracle_test_auc']:.4f}" if "oracle_test_auc" in summary else "")
+              + f"  samples/s: {summary['samples_per_second']:,.0f}  peak RSS: {summary['peak_rss_mb']:,.0f} MB")
+    return {"ok": EXIT_OK, "diverged": EXIT_DIVERGED}.get(summary["status"], EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Feeds training from a processed dataset: one split in memory, batches by index gather.
+
+::
+
+    Parquet split ──read once──▶ SplitTensors (ids int32 [N, F], dense float32 [N, D], labels [N])
+                                     │  per epoch: permutation from (seed, epoch)
+                                     ▼
+    BatchLoader.epoch(e) ──▶ Batch(dense, sparse: KeyedJaggedTensor, labels, global_ids)
+                                     this rank's slice of the global batch; global_ids are the
+                                     whole global batch's ids (CowClip counts over all ranks)
+
+Every rank holds the split and draws the same permutation, so the global batch is known
+everywhere without communication; each rank keeps rows ``[r*B/W, (r+1)*B/W)`` of it. The
+permutation depends only on ``(seed, epoch)``, so resuming at step ``k`` of an epoch replays
+the same batches an uninterrupted run would see.
+
+The last partial batch is kept by default (``drop_last=False``): the loss is the mean over
+the rows actually present, so it is a smaller but unbiased step. Pass ``drop_last=True``
+to keep every step at exactly the requested batch size.
+
+A streaming reader (Criteo 1TB days) can replace :class:`SplitTensors` by providing the same
+``num_rows`` / ``gather(index)`` interface.
+
+Example::
+
+    data = SplitTensors.load("data/synthetic-demo", "train")
+    loader = BatchLoader(data, batch_size=8192, shuffle=True, seed=0)
+    for batch in loader.epoch(0):
+        logits = model(batch.dense, batch.sparse)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torchrec import KeyedJaggedTensor
+
+from ctr.data.dataset import DatasetError, read_meta, resolve_split, split_files
+
+
+@dataclass
+class Batch:
+    """One rank's share of one global batch."""
+
+    dense: torch.Tensor        # float32 [b, D]
+    sparse: KeyedJaggedTensor  # keys = sparse fields, one id per sample per key
+    labels: torch.Tensor       # float32 [b]
+    global_ids: torch.Tensor   # int32 [B, F]: the whole global batch's ids (for CowClip counts)
+    global_size: int           # B, rows in the global batch
+
+    def to(self, device: torch.device) -> "Batch":
+        if device.type == "cpu":
+            return self
+        return Batch(self.dense.to(device, non_blocking=True), self.sparse.to(device, non_blocking=True),
+                     self.labels.to(device, non_blocking=True),
+                     self.global_ids.to(device, non_blocking=True), self.global_size)
+
+
+class SplitTensors:
+    """A whole split as contiguous tensors: ids int32 [N, F], dense float32 [N, D], labels [N]."""
+
+    def __init__(self, ids: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor,
+                 sparse_fields: list[str], dense_fields: list[str]):
+        if not (ids.shape[0] == dense.shape[0] == labels.shape[0]):
+            raise ValueError("ids, dense and labels must have the same number of rows")
+        self.ids, self.dense, self.labels = ids, dense, labels
+        self.sparse_fields, self.dense_fields = list(sparse_fields), list(dense_fields)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @classmethod
+    def load(cls, data_dir: str | Path, split: str) -> "SplitTensors":
+        """Reads one split of a processed dataset into memory, column by column."""
+        meta = read_meta(data_dir)
+        split = resolve_split(meta, split)
+        if not meta.get("label"):
+            raise DatasetError(f"{data_dir}: dataset has no label column (made from unlabelled "
+                               "input); it cannot be trained or evaluated on")
+        files = split_files(data_dir, split)
+        sparse, dense = list(meta["sparse_fields"]), list(meta["dense_fields"])
+        n = int(meta["splits"][split]["rows"])
+        ids = np.empty((n, len(sparse)), dtype=np.int32)
+        dns = np.empty((n, len(dense)), dtype=np.float32)
+        lab = np.empty(n, dtype=np.float32)
+        start = 0
+        for path in files:
+            pf = pq.ParquetFile(path)
+            missing = set(sparse + dense + ["label"]) - set(pf.schema_arrow.names)
+            if missing:
+                raise DatasetError(f"{path}: columns missing: {sorted(missing)}")
+            for rg in range(pf.num_row_groups):
+                t = pf.read_row_group(rg, columns=["label"] + dense + sparse)
+                stop = start + t.num_rows
+                if stop > n:
+                    raise DatasetError(f"{path}: more rows than meta.json says ({n})")
+                lab[start:stop] = t.column("label").to_numpy()
+                for j, f in enumerate(dense):
+                    dns[start:stop, j] = t.column(f).to_numpy()
+                for j, f in enumerate(sparse):
+                    ids[start:stop, j] = t.column(f).to_numpy()
+                start = stop
+        if start != n:
+            raise DatasetError(f"{data_dir}: split {split!r} has {start} rows, meta.json says {n}")
+        if n:
+            vocab = np.array([meta["vocab_sizes"][f] for f in sparse])
+            bad_cols = (ids.min(axis=0) < 0) | (ids.max(axis=0) >= vocab)
+            if bad_cols.any():
+                bad = [f for f, b in zip(sparse, bad_cols) if b]
+                raise DatasetError(f"{data_dir}: ids outside the vocabulary in fields {bad}")
+        return cls(torch.from_numpy(ids), torch.from_numpy(dns), torch.from_numpy(lab), sparse, dense)
+
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.ids.index_select(0, index), self.dense.index_select(0, index), \
+            self.labels.index_select(0, index)
+
+
+def make_kjt(ids: torch.Tensor, keys: list[str]) -> KeyedJaggedTensor:
+    """[b, F] ids -> KJT with one id per sample per key (values key-major)."""
+    b, f = ids.shape
+    values = ids.t().reshape(-1).to(torch.int64)
+    lengths = torch.ones(b * f, dtype=torch.int32)
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+
+
+class BatchLoader:
+    """Yields this rank's slice of each global batch, shuffled per epoch by ``(seed, epoch)``."""
+
+    def __init__(self, data: SplitTensors, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        if batch_size < world_size:
+            raise ValueError(f"batch size {batch_size} is smaller than the world size {world_size}")
+        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+
+    def __len__(self) -> int:
+        n = self.data.num_rows
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        n = self.data.num_rows
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=g)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        perm = self.order(epoch)
+        for step in range(start_step, len(self)):
+            index = perm[step * self.batch_size:(step + 1) * self.batch_size]
+            yield self.batch(index)
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Builds this rank's share of the global batch made of rows ``index``."""
+        ids, dense, labels = self.data.gather(index)
+        if self.world_size > 1:
+            part = torch.tensor_split(torch.arange(index.numel()), self.world_size)[self.rank]
+            lo, hi = int(part[0]) if part.numel() else 0, int(part[-1]) + 1 if part.numel() else 0
+            local_ids, dense, labels = ids[lo:hi], dense[lo:hi], labels[lo:hi]
+        else:
+            local_ids = ids
+        return Batch(dense, make_kjt(local_ids, self.data.sparse_fields), labels, ids, int(index.numel()))

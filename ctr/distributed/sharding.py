@@ -1,0 +1,238 @@
+"""Sharding plans for the embedding tables, and a uniform view of the shards a rank holds.
+
+::
+
+    model.sparse.embedding (EBC, one table per field) ┐  plan: table -> data_parallel |
+    model.sparse.linear    (EBC, dim-1 tables)        ┘        table_wise | row_wise
+                 │ DistributedModelParallel, `dense` compute kernel (plain gradients:
+                 ▼ CowClip needs them; the `fused` kernels update inside backward)
+    per rank: FusedGroup(flat TBE weight) ──▶ TableShard(table, global rows [off, off+n))
+
+Plans are built with ``torchrec.distributed.sharding_plan`` helpers because TorchRec's
+planner allows the ``dense`` kernel only with data-parallel. ``auto`` picks per table:
+replicate small tables, row-shard huge ones, place the rest whole on the least-loaded rank.
+A field's first-order (linear) table follows its embedding table.
+
+Everything downstream (initialisation, L2, CowClip, Adam, checkpoints) works on
+:class:`FusedGroup` / :class:`TableShard`, which know each shard's global row range, so the
+same code serves every sharding type and world size.
+
+Example::
+
+    dmp = shard_model(model, env, "auto")
+    groups = fused_groups(dmp)
+    init_embeddings_(groups, seed=0, std=1e-2)
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.sharding_plan import (construct_module_sharding_plan, data_parallel,
+                                                row_wise, table_wise)
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from ctr.distributed.env import DistEnv
+
+SHARDING_CHOICES = ("auto", "data_parallel", "table_wise", "row_wise")
+DENSE_KERNEL = "dense"
+# auto: tables at most this many rows are replicated (cheap to all-reduce) ...
+AUTO_REPLICATE_MAX_ROWS = 10_000
+# ... and tables at least this many rows are split by rows across all ranks.
+AUTO_ROW_WISE_MIN_ROWS = 1_000_000
+SPARSE_MODULES = ("sparse.embedding", "sparse.linear")
+
+
+def choose_sharding(table_rows: dict[str, int], world_size: int, choice: str) -> dict[str, tuple[str, int]]:
+    """table -> (sharding type, rank for table_wise). ``auto`` balances rows across ranks."""
+    if choice not in SHARDING_CHOICES:
+        raise ValueError(f"--sharding must be one of {SHARDING_CHOICES}, not {choice!r}")
+    out: dict[str, tuple[str, int]] = {}
+    load = [0] * world_size
+    for name, rows in sorted(table_rows.items(), key=lambda kv: -kv[1]):
+        kind = choice
+        if choice == "auto":
+            if world_size == 1:
+                kind = "table_wise"
+            elif rows <= AUTO_REPLICATE_MAX_ROWS:
+                kind = "data_parallel"
+            elif rows >= AUTO_ROW_WISE_MIN_ROWS:
+                kind = "row_wise"
+            else:
+                kind = "table_wise"
+        rank = 0
+        if kind == "table_wise":
+            rank = min(range(world_size), key=lambda r: load[r])
+            load[rank] += rows
+        elif kind == "row_wise":
+            for r in range(world_size):
+                load[r] += rows // world_size
+        out[name] = (kind, rank)
+    return out
+
+
+def _generator(kind: str, rank: int):
+    if kind == "data_parallel":
+        return data_parallel()
+    if kind == "table_wise":
+        return table_wise(rank=rank, compute_kernel=DENSE_KERNEL)
+    if kind == "row_wise":
+        return row_wise(compute_kernel=DENSE_KERNEL)
+    raise ValueError(kind)
+
+
+def _sparse_modules(model: nn.Module) -> dict[str, EmbeddingBagCollection]:
+    mods = {}
+    for path in SPARSE_MODULES:
+        mod = model.get_submodule(path) if _has_submodule(model, path) else None
+        if mod is not None:
+            mods[path] = mod
+    return mods
+
+
+def _has_submodule(model: nn.Module, path: str) -> bool:
+    try:
+        return model.get_submodule(path) is not None
+    except AttributeError:
+        return False
+
+
+def field_of(table: str) -> str:
+    """``emb_C1`` / ``lin_C1`` -> ``C1`` (the naming contract of ctr.models.sparse)."""
+    return table.split("_", 1)[1]
+
+
+def build_plan(model: nn.Module, world_size: int, device_type: str, choice: str
+               ) -> tuple[ShardingPlan, dict[str, tuple[str, int]]]:
+    """The DMP plan for every EBC of ``model.sparse``, and the per-field choice it encodes."""
+    mods = _sparse_modules(model)
+    emb = mods["sparse.embedding"]
+    per_field = choose_sharding({field_of(t.name): t.num_embeddings for t in emb.embedding_bag_configs()},
+                                world_size, choice)
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    sharder = EmbeddingBagCollectionSharder()
+    plan = {}
+    for path, ebc in mods.items():
+        pps = {t.name: _generator(*per_field[field_of(t.name)]) for t in ebc.embedding_bag_configs()}
+        plan[path] = construct_module_sharding_plan(ebc, per_param_sharding=pps, sharder=sharder,
+                                                    local_size=local_size, world_size=world_size,
+                                                    device_type=device_type)
+    return ShardingPlan(plan), per_field
+
+
+def describe_plan(per_field: dict[str, tuple[str, int]], rows: dict[str, int], world_size: int) -> str:
+    """A short table for the start of a run: field, rows, sharding, where."""
+    lines = [f"sharding plan over {world_size} rank(s) (compute kernel: dense)",
+             f"  {'field':<10} {'rows':>12}  {'sharding':<14} ranks"]
+    for f in sorted(per_field, key=lambda f: -rows[f]):
+        kind, rank = per_field[f]
+        where = str(rank) if kind == "table_wise" else ("all (rows split)" if kind == "row_wise"
+                                                       else "all (replicated)")
+        lines.append(f"  {f:<10} {rows[f]:>12,}  {kind:<14} {where}")
+    return "\n".join(lines)
+
+
+def shard_model(model: nn.Module, env: DistEnv, choice: str
+                ) -> tuple[DistributedModelParallel, dict[str, tuple[str, int]]]:
+    """Wraps ``model`` in DMP with the chosen plan (dense kernel everywhere)."""
+    plan, per_field = build_plan(model, env.world_size, env.device.type, choice)
+    dmp = DistributedModelParallel(model, plan=plan, device=env.device,
+                                   sharders=[EmbeddingBagCollectionSharder()], init_data_parallel=True)
+    return dmp, per_field
+
+
+@dataclass
+class TableShard:
+    """The rows ``[row_offset, row_offset + rows)`` of one table, as held by this rank."""
+
+    table: str                  # "emb_C1" / "lin_C1"
+    field: str                  # "C1"
+    kind: str                   # "embedding" (CowClip applies) or "linear" (first order: never clipped)
+    num_embeddings: int         # the whole table's rows
+    dim: int
+    row_offset: int             # global row of this shard's first row
+    rows: int
+    fused_row: int              # where the shard starts in its group's [rows, dim] fused view
+    replicated: bool            # data_parallel: every rank holds the whole table
+
+
+@dataclass
+class FusedGroup:
+    """One TBE weight buffer of this rank: shards of equal dim laid end to end."""
+
+    weight: torch.Tensor                    # the flat fused parameter (optimizer steps this)
+    dim: int
+    shards: list[TableShard] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.weight.numel() // self.dim
+
+    def view(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """[rows, dim] view of the fused weight (or of a same-shaped tensor like its grad)."""
+        return (self.weight if t is None else t).view(-1, self.dim)
+
+    @property
+    def kind(self) -> str:
+        return self.shards[0].kind
+
+
+def fused_groups(dmp: nn.Module) -> list[FusedGroup]:
+    """This rank's embedding storage, grouped by fused buffer, each shard with its global rows."""
+    sd = dmp.state_dict()
+    groups: dict[int, FusedGroup] = {}
+    for name, p in dmp.named_parameters():
+        if not hasattr(p, "_original_tensor"):
+            continue
+        parts = name.split(".")
+        table = parts[parts.index("embedding_bags") + 1]
+        kind = "embedding" if table.startswith("emb_") else "linear"
+        if p.numel() == 0:
+            continue  # a table-wise table placed on another rank
+        rows, dim = p.shape
+        value = sd[name]
+        if hasattr(value, "local_shards"):  # ShardedTensor: table_wise / row_wise
+            meta = value.metadata()
+            num_embeddings = int(meta.size[0])
+            row_offset = int(value.local_shards()[0].metadata.shard_offsets[0])
+            replicated = False
+        else:
+            num_embeddings, row_offset, replicated = rows, 0, True
+        fused = p._original_tensor
+        g = groups.setdefault(id(fused), FusedGroup(weight=fused, dim=dim))
+        if g.dim != dim:
+            raise RuntimeError(f"fused group mixes dims {g.dim} and {dim}")
+        g.shards.append(TableShard(table, field_of(table), kind, num_embeddings, dim, row_offset,
+                                   rows, p._start_offset // dim, replicated))
+    return list(groups.values())
+
+
+def _block_seed(seed: int, table: str, block: int) -> int:
+    return (seed * 1_000_003 + zlib.crc32(table.encode())) * 65_537 + block
+
+
+INIT_BLOCK_ROWS = 1 << 16
+
+
+@torch.no_grad()
+def init_embeddings_(groups: list[FusedGroup], seed: int, std: float) -> None:
+    """N(0, std) rows drawn in fixed blocks seeded by (seed, table, block): a row gets the
+    same value whatever the sharding or world size, so sharded runs equal unsharded ones."""
+    for g in groups:
+        w = g.view()
+        for s in g.shards:
+            lo, hi = s.row_offset, s.row_offset + s.rows
+            for b in range(lo // INIT_BLOCK_ROWS, (hi - 1) // INIT_BLOCK_ROWS + 1 if hi > lo else 0):
+                gen = torch.Generator().manual_seed(_block_seed(seed, s.table, b))
+                block = torch.randn(INIT_BLOCK_ROWS, s.dim, generator=gen) * std
+                b_lo, b_hi = b * INIT_BLOCK_ROWS, (b + 1) * INIT_BLOCK_ROWS
+                r_lo, r_hi = max(lo, b_lo), min(hi, b_hi)
+                dst = w[s.fused_row + r_lo - lo: s.fused_row + r_hi - lo]
+                dst.copy_(block[r_lo - b_lo: r_hi - b_lo].to(dst.device, dst.dtype))

@@ -1,0 +1,132 @@
+"""The optimizer step of the paper: Adam on two groups, whole-table L2, CowClip, dense warmup.
+
+::
+
+    loss.backward()                      g = ∇ mean BCE over the global batch
+    CTROptimizer.step(global_ids):
+      every table row (emb + linear)     g += 2·λ·w        (L2 over the whole table, the reference's)
+      embedding rows                     g *= min(1, cnt·max(r‖w‖, ζ) / ‖g‖)   (CowClip; cnt over
+                                                            the global batch; absent rows cnt = 1)
+      dense lr                           lr_d · min(1, (t+1) / warmup_steps)
+      Adam(dense params), Adam(fused embedding buffers)
+
+All of it runs on whole fused TBE buffers (one per sharding group), so a step is a handful
+of tensor ops however many fields there are: the ids of every field are offset into their
+group's rows and counted by one ``bincount``.
+
+Example::
+
+    opt = CTROptimizer(dense_params, fused_groups(dmp), hparams, warmup_steps=steps_per_epoch,
+                       sparse_fields=meta["sparse_fields"])
+    opt.zero_grad(); loss.backward(); opt.step(batch.global_ids)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from ctr.distributed.sharding import FusedGroup
+from ctr.optim.cowclip import cowclip_
+from ctr.optim.scaling import Hyperparams
+
+
+class _GroupIndex:
+    """Precomputed per-shard tensors that map global batch ids to rows of one fused group."""
+
+    def __init__(self, group: FusedGroup, field_pos: dict[str, int], device: torch.device):
+        shards = group.shards
+        self.cols = torch.tensor([field_pos[s.field] for s in shards], dtype=torch.long, device=device)
+        self.lo = torch.tensor([s.row_offset for s in shards], dtype=torch.long, device=device)
+        self.rows = torch.tensor([s.rows for s in shards], dtype=torch.long, device=device)
+        self.start = torch.tensor([s.fused_row for s in shards], dtype=torch.long, device=device)
+        self.total_rows = group.rows
+
+    def counts(self, global_ids: torch.Tensor) -> torch.Tensor:
+        """Occurrences in the global batch of every row of the group (0 for absent rows)."""
+        local = global_ids.index_select(1, self.cols).long() - self.lo       # [B, shards]
+        inside = (local >= 0) & (local < self.rows)
+        pos = torch.where(inside, local + self.start, self.total_rows)      # outside -> spill bin
+        return torch.bincount(pos.flatten(), minlength=self.total_rows + 1)[: self.total_rows]
+
+
+class CTROptimizer:
+    """Adam for dense weights and for embedding tables, with the reference's L2 and CowClip."""
+
+    def __init__(self, dense_params: Iterable[torch.nn.Parameter], groups: list[FusedGroup],
+                 hparams: Hyperparams, warmup_steps: int, sparse_fields: list[str],
+                 lower_bound: str = "paper"):
+        self.hp = hparams
+        self.groups = groups
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.lower_bound = lower_bound
+        self.dense = torch.optim.Adam(list(dense_params), lr=hparams.dense_lr)
+        sparse = [g.weight for g in groups]
+        # Adam needs at least one parameter; a rank may hold no table at all (table_wise, W > #tables).
+        self.sparse = torch.optim.Adam(sparse, lr=hparams.embedding_lr) if sparse else None
+        field_pos = {f: i for i, f in enumerate(sparse_fields)}
+        self._index = {id(g): _GroupIndex(g, field_pos, g.weight.device)
+                       for g in groups if g.kind == "embedding"}
+        self.step_count = 0
+        self.last_clip_fraction = 0.0
+
+    def dense_lr(self, step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.hp.dense_lr
+        return self.hp.dense_lr * min(1.0, (step + 1) / self.warmup_steps)
+
+    def zero_grad(self) -> None:
+        self.dense.zero_grad(set_to_none=True)
+        for g in self.groups:
+            if g.weight.grad is not None:
+                g.weight.grad.zero_()
+
+    @torch.no_grad()
+    def step(self, global_ids: torch.Tensor) -> None:
+        """One update; ``global_ids`` [B, F] are the whole global batch's ids (CowClip counts)."""
+        hp = self.hp
+        clipped = total = 0
+        for g in self.groups:
+            if g.weight.grad is None:
+                g.weight.grad = torch.zeros_like(g.weight)
+            grad = g.weight.grad
+            if hp.l2 > 0:
+                grad.add_(g.weight, alpha=2.0 * hp.l2)
+            if hp.cowclip and g.kind == "embedding":
+                counts = self._index[id(g)].counts(global_ids)
+                scale = cowclip_(g.view(grad), g.view(), counts, r=hp.r, zeta=hp.zeta,
+                                 lower_bound=self.lower_bound)
+                clipped += int((scale < 1).sum())
+                total += scale.numel()
+        self.last_clip_fraction = clipped / total if total else 0.0
+        for pg in self.dense.param_groups:
+            pg["lr"] = self.dense_lr(self.step_count)
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()
+        self.step_count += 1
+
+    # ---- state, keyed by table rows so a checkpoint can be loaded at another world size ----
+
+    def sparse_state_of(self, g: FusedGroup) -> dict[str, torch.Tensor]:
+        if self.sparse is None:
+            return {}
+        return self.sparse.state.get(g.weight, {})
+
+    def dense_state_dict(self) -> dict[str, Any]:
+        return self.dense.state_dict()
+
+    def load_dense_state_dict(self, state: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state)
+
+    def ensure_sparse_state(self) -> None:
+        """Creates zero Adam moments for every fused buffer, so they can be filled from a checkpoint."""
+        if self.sparse is None:
+            return
+        for g in self.groups:
+            st = self.sparse.state[g.weight]
+            if not st:
+                st["step"] = torch.zeros((), dtype=torch.float32)
+                st["exp_avg"] = torch.zeros_like(g.weight)
+                st["exp_avg_sq"] = torch.zeros_like(g.weight)

@@ -1,0 +1,146 @@
+"""The sweep's outputs: ``results.json``, ``report.md`` and a plot of AUC against batch size.
+
+::
+
+    OUT/runs/<cell>/summary.json ──collect──▶ results.json   one record per cell
+                                            ▶ report.md      a table per model: batch x rule
+                                            ▶ auc_vs_batch.png  one line per rule, the smallest
+                                                             batch's AUC as a dashed reference
+
+Every file is written to a temporary name and renamed, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ctr.data.dataset import write_json_atomic
+from ctr.optim.scaling import format_batch
+
+
+def collect(all_cells: list, out: Path) -> list[dict[str, Any]]:
+    from ctr.sweep.runner import cell_summary
+    rows = []
+    for c in all_cells:
+        s = cell_summary(out / "runs" / c.name)
+        rec = {"model": c.model, "batch": c.batch, "rule": c.rule, "seed": c.seed, "cell": c.name,
+               "status": (s or {}).get("status", "pending")}
+        if s:
+            for k in ("test_auc", "test_logloss", "wall_seconds", "train_seconds",
+                      "samples_per_second", "global_steps", "peak_rss_mb", "message", "hparams"):
+                if k in s:
+                    rec[k] = s[k]
+        rows.append(rec)
+    return rows
+
+
+def _fmt_cell(r: dict[str, Any] | None) -> str:
+    if r is None or r["status"] == "pending":
+        return "—"
+    if r["status"] == "diverged":
+        return "**diverged**"
+    if r["status"] != "ok":
+        return r["status"]
+    return (f"{r['test_auc']:.4f} / {r['test_logloss']:.4f} / {r['train_seconds'] / 60:.1f} min / "
+            f"{r['samples_per_second']:,.0f}")
+
+
+def spread(results: list[dict[str, Any]], model: str, batch: int, rule: str) -> dict[str, Any] | None:
+    aucs = [r["test_auc"] for r in results if r["model"] == model and r["batch"] == batch
+            and r["rule"] == rule and r["status"] == "ok"]
+    if len(aucs) < 2:
+        return None
+    return {"model": model, "batch": batch, "rule": rule, "seeds": len(aucs),
+            "mean": statistics.mean(aucs), "std": statistics.stdev(aucs),
+            "range": max(aucs) - min(aucs)}
+
+
+def render_markdown(spec, results: list[dict[str, Any]], data: str) -> str:
+    lines = [f"# Sweep `{spec.name}`", "",
+             f"Data: `{data}`; {spec.epochs} epoch(s) per cell; seeds {spec.seeds}. "
+             "Each cell: test AUC / logloss / training time / samples per second.", ""]
+    for model in spec.models:
+        lines += [f"## {model}", "", "| batch | " + " | ".join(spec.rules) + " |",
+                  "|---|" + "---|" * len(spec.rules)]
+        for b in sorted(spec.batches):
+            cells = []
+            for rule in spec.rules:
+                rs = [r for r in results if r["model"] == model and r["batch"] == b and r["rule"] == rule
+                      and r["seed"] == spec.seeds[0]]
+                cells.append(_fmt_cell(rs[0] if rs else None))
+            lines.append(f"| {format_batch(b)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if spec.spread:
+            sp = spread(results, model, spec.spread["batch"], spec.spread.get("rule", "cowclip"))
+            if sp:
+                lines += [f"Seed-to-seed spread of {model} at {format_batch(sp['batch'])} / {sp['rule']}: "
+                          f"{sp['seeds']} seeds, mean AUC {sp['mean']:.4f}, std {sp['std']:.4f}, "
+                          f"range {sp['range']:.4f}.", ""]
+        ok = {(r["batch"], r["rule"]): r["test_auc"] for r in results
+              if r["model"] == model and r["status"] == "ok" and r["seed"] == spec.seeds[0]}
+        lo, hi = min(spec.batches), max(spec.batches)
+        for rule in spec.rules:
+            if (lo, rule) in ok and (hi, rule) in ok:
+                lines.append(f"- {rule}: AUC at {format_batch(hi)} minus AUC at {format_batch(lo)} = "
+                             f"{ok[(hi, rule)] - ok[(lo, rule)]:+.4f}")
+        lines.append("")
+    diverged = [r["cell"] for r in results if r["status"] == "diverged"]
+    if diverged:
+        lines += ["Diverged cells: " + ", ".join(diverged), ""]
+    return "\n".join(lines)
+
+
+def plot(spec, results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = spec.models
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        base = None
+        for rule in spec.rules:
+            pts = sorted((r["batch"], r["test_auc"]) for r in results if r["model"] == model
+                         and r["rule"] == rule and r["status"] == "ok" and r["seed"] == spec.seeds[0])
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=rule)
+                if pts[0][0] == min(spec.batches) and (base is None or rule == "cowclip"):
+                    base = pts[0][1]
+            div = [r["batch"] for r in results if r["model"] == model and r["rule"] == rule
+                   and r["status"] == "diverged"]
+            for b in div:
+                ax.annotate("✗", (b, ax.get_ylim()[0]), ha="center", color="red")
+        if base is not None:
+            ax.axhline(base, ls="--", color="grey", lw=1,
+                       label=f"AUC at {format_batch(min(spec.batches))}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(spec.batches), [format_batch(b) for b in sorted(spec.batches)])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("test AUC")
+        ax.set_title(f"{model}: AUC vs batch size ({spec.name})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(spec, all_cells: list, out: Path, data: str) -> dict[str, Any]:
+    results = collect(all_cells, out)
+    spreads = [s for m in spec.models if spec.spread
+               for s in [spread(results, m, spec.spread["batch"], spec.spread.get("rule", "cowclip"))] if s]
+    payload = {"name": spec.name, "data": data, "epochs": spec.epochs, "results": results,
+               "spread": spreads}
+    write_json_atomic(out / "results.json", payload)
+    md = out / "report.md"
+    tmp = md.with_name(f".report.md.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(render_markdown(spec, results, data))
+    os.replace(tmp, md)
+    if any(r["status"] == "ok" for r in results):
+        plot(spec, results, out / "auc_vs_batch.png")
+    return payload

@@ -1,0 +1,264 @@
+"""The training run: data -> sharded model -> steps with CowClip -> metrics, checkpoints.
+
+::
+
+    TrainConfig ──▶ Trainer.setup()   process group, dataset in memory, model, DMP plan,
+                                      deterministic table init, CTROptimizer, --resume
+                ──▶ Trainer.fit()     per epoch: steps (progress bar: loss, samples/s),
+                                      valid AUC/logloss -> metrics.jsonl, checkpoint
+                                      end: test metrics -> summary.json (status ok | diverged
+                                      | interrupted)
+
+The loss on each rank is ``sum of its BCE terms * world / global batch``: TorchRec averages
+embedding gradients over ranks like DDP does for dense ones, so every gradient is that of
+the mean loss over the global batch, whatever the world size or the split of a last
+partial batch.
+
+Example::
+
+    summary = Trainer(load_config("deepfm", overrides={"batch": 8192})).run()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ctr.data.dataset import read_meta, write_json_atomic
+from ctr.data.loader import BatchLoader, SplitTensors
+from ctr.distributed.env import DistEnv, init_distributed, shutdown_distributed
+from ctr.distributed.sharding import describe_plan, fused_groups, init_embeddings_, shard_model
+from ctr.models import ModelConfig, build_model
+from ctr.optim.optimizer import CTROptimizer
+from ctr.optim.scaling import describe, format_batch
+from ctr.train import checkpoint as ckpt
+from ctr.train.config import TrainConfig
+from ctr.train.metrics import click_metrics, peak_memory_mb
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+def _all_true(flag: bool, device: torch.device) -> bool:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: SplitTensors, batch_size: int, env: DistEnv
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels of a whole split; every rank takes part (sharded tables)."""
+    was_training = model.training
+    model.eval()
+    loader = BatchLoader(data, max(batch_size, env.world_size), shuffle=False,
+                         rank=env.rank, world_size=env.world_size)
+    probs, labels = [], []
+    for b in loader.epoch(0):
+        b = b.to(env.device)
+        probs.append(torch.sigmoid(model(b.dense, b.sparse)).float().cpu())
+        labels.append(b.labels.cpu())
+    model.train(was_training)
+    p = torch.cat(probs) if probs else torch.empty(0)
+    y = torch.cat(labels) if labels else torch.empty(0)
+    if env.world_size > 1:  # local slices are interleaved per batch; order does not matter for AUC
+        gathered: list[Any] = [None] * env.world_size
+        dist.all_gather_object(gathered, (p.numpy(), y.numpy()))
+        return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
+    return p.numpy(), y.numpy()
+
+
+class Trainer:
+    """One training run of one model at one batch size; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False):
+        self.cfg, self.resume, self.quiet = cfg, resume, quiet
+        self.run_dir = Path(cfg.out) if cfg.out else None
+
+    # ------------------------------------------------------------------ set-up
+    def log(self, msg: str) -> None:
+        if self.env.is_main and not self.quiet:
+            tqdm.write(msg)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.env = env = init_distributed(cfg.device)
+        self.meta = meta = read_meta(cfg.data)
+        self.hp = cfg.resolved_hparams()
+        t0 = time.time()
+        self.train_data = SplitTensors.load(cfg.data, "train")
+        self.valid_data = SplitTensors.load(cfg.data, "valid")
+        self.test_data = SplitTensors.load(cfg.data, "test")
+        self.log(f"data {cfg.data}: train {self.train_data.num_rows:,} / valid "
+                 f"{self.valid_data.num_rows:,} / test {self.test_data.num_rows:,} rows "
+                 f"({time.time() - t0:.1f}s to load)")
+        torch.manual_seed(cfg.seed)
+        mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in cfg.model_config.items()})
+        model = build_model(cfg.model, meta["dense_fields"], meta["sparse_fields"],
+                            meta["vocab_sizes"], mcfg, device="cpu")
+        self.dmp, per_field = shard_model(model, env, cfg.sharding)
+        self.log(describe_plan(per_field, meta["vocab_sizes"], env.world_size))
+        self.groups = fused_groups(self.dmp)
+        init_embeddings_(self.groups, cfg.seed, mcfg.init_std)
+        self.loader = BatchLoader(self.train_data, cfg.batch, shuffle=True, seed=cfg.seed,
+                                  drop_last=cfg.drop_last, rank=env.rank, world_size=env.world_size)
+        self.steps_per_epoch = len(self.loader)
+        dense = [p for _, p in self.dmp.named_parameters() if not hasattr(p, "_original_tensor")]
+        warmup = int(round(self.hp.warmup_epochs * self.steps_per_epoch))
+        self.opt = CTROptimizer(dense, self.groups, self.hp, warmup, meta["sparse_fields"],
+                                lower_bound=cfg.cowclip_lower_bound)
+        self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
+                 f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
+                 f"warmup {warmup} steps; {env.world_size} rank(s) on {env.device} ({env.backend})")
+        self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        self.metrics_log: list[dict[str, Any]] = []
+        if self.run_dir and env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(),
+                                                           "resolved_hparams": self.hp.__dict__})
+        if self.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        if not self.run_dir or not ckpt.has_checkpoint(self.run_dir):
+            self.log("--resume: no checkpoint found, starting from scratch")
+            return
+        state = ckpt.load_checkpoint(self.run_dir)
+        ckpt.check_compatible(state.get("config", {}), self.cfg.to_dict(), self.run_dir)
+        ckpt.restore_(state, self.dmp, self.groups, self.opt)
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        p = state["progress"]
+        self.start_epoch, self.start_step, self.global_step = p["epoch"], p["step"], p["global_step"]
+        if self.start_step >= self.steps_per_epoch:
+            self.start_epoch, self.start_step = self.start_epoch + 1, 0
+        mfile = self.run_dir / "metrics.jsonl"
+        if mfile.is_file():
+            self.metrics_log = [json.loads(line) for line in mfile.read_text().splitlines() if line]
+        self.log(f"resumed from {self.run_dir}/checkpoint at epoch {self.start_epoch} "
+                 f"step {self.start_step} (global step {self.global_step})")
+
+    # ------------------------------------------------------------------ running
+    def evaluate(self, data: SplitTensors) -> dict[str, Any]:
+        probs, labels = predict(self.dmp, data, self.cfg.eval_batch, self.env)
+        return click_metrics(labels, probs)
+
+    def _save(self, epoch: int, step: int) -> None:
+        if self.run_dir:
+            ckpt.save_checkpoint(self.run_dir, self.env, self.dmp, self.groups, self.opt,
+                                 {"epoch": epoch, "step": step, "global_step": self.global_step},
+                                 self.cfg.to_dict())
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        self.metrics_log.append(row)
+        if self.run_dir and self.env.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def fit(self) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        world = env.world_size
+        status, message = "ok", ""
+        t_start = time.time()
+        train_seconds, samples = 0.0, 0
+        epoch, step = self.start_epoch, self.start_step
+        self.dmp.train()
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                first = self.start_step if epoch == self.start_epoch else 0
+                bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not env.is_main or self.quiet,
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
+                t_epoch, n_epoch, loss_acc, loss_n = time.time(), 0, 0.0, 0
+                step = first
+                for batch in self.loader.epoch(epoch, first):
+                    if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                        break
+                    batch = batch.to(env.device)
+                    logits = self.dmp(batch.dense, batch.sparse)
+                    loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+                    loss = loss_sum * (world / batch.global_size)
+                    finite = _all_true(bool(torch.isfinite(loss_sum)), env.device)
+                    if not finite:
+                        raise Diverged(f"loss is {loss_sum.item() / max(1, batch.labels.numel())} at epoch "
+                                       f"{epoch + 1} step {step} (global step {self.global_step})")
+                    self.opt.zero_grad()
+                    loss.backward()
+                    self.opt.step(batch.global_ids)
+                    step += 1
+                    self.global_step += 1
+                    n_epoch += batch.global_size
+                    loss_acc += float(loss_sum) / max(1, batch.labels.numel())
+                    loss_n += 1
+                    if step % cfg.log_every == 0 or step == self.steps_per_epoch:
+                        el = time.time() - t_epoch
+                        bar.set_postfix(loss=f"{loss_acc / loss_n:.4f}", sps=f"{n_epoch / max(el, 1e-9):,.0f}",
+                                        clip=f"{self.opt.last_clip_fraction:.3f}")
+                        bar.update(step - bar.n)
+                        loss_acc, loss_n = 0.0, 0
+                bar.update(step - bar.n)
+                bar.close()
+                el = time.time() - t_epoch
+                train_seconds += el
+                samples += n_epoch
+                stopped_early = cfg.max_steps is not None and self.global_step >= cfg.max_steps
+                valid = self.evaluate(self.valid_data)
+                row = {"epoch": epoch + 1, "global_step": self.global_step, "train_seconds": el,
+                       "samples_per_second": n_epoch / max(el, 1e-9),
+                       **{f"valid_{k}": v for k, v in valid.items()}}
+                self._append_metrics(row)
+                self.log(f"epoch {epoch + 1}: valid AUC {valid.get('auc', float('nan')):.4f} "
+                         f"logloss {valid.get('logloss', float('nan')):.4f} "
+                         f"({n_epoch / max(el, 1e-9):,.0f} samples/s)")
+                if not math.isfinite(valid.get("logloss", 0.0)):
+                    raise Diverged(f"validation logloss is {valid.get('logloss')} after epoch {epoch + 1}")
+                if stopped_early:
+                    self._save(epoch, step)
+                    break
+                self._save(epoch + 1, 0)
+                self.start_step = 0
+        except Diverged as e:
+            status, message = "diverged", str(e)
+            self.log(f"DIVERGED: {e}")
+        except KeyboardInterrupt:
+            status, message = "interrupted", f"interrupted at epoch {epoch + 1} step {step}"
+            self.log(f"interrupted: saving a checkpoint at epoch {epoch + 1} step {step}; "
+                     "continue with --resume")
+            self._save(epoch, step)
+        summary: dict[str, Any] = {"status": status, "message": message, "model": cfg.model,
+                                   "batch": cfg.batch, "scaling": cfg.scaling, "epochs": cfg.epochs,
+                                   "global_steps": self.global_step, "world_size": world,
+                                   "device": str(env.device), "hparams": self.hp.__dict__}
+        if status == "ok":
+            test = self.evaluate(self.test_data)
+            summary.update({f"test_{k}": v for k, v in test.items()})
+            self.log(f"test AUC {test.get('auc', float('nan')):.4f} logloss "
+                     f"{test.get('logloss', float('nan')):.4f}"
+                     + (f" (oracle AUC {self.meta['oracle']['test_auc']:.4f})" if "oracle" in self.meta else ""))
+        if "oracle" in self.meta:
+            summary["oracle_test_auc"] = self.meta["oracle"]["test_auc"]
+        summary.update({"wall_seconds": time.time() - t_start, "train_seconds": train_seconds,
+                        "samples_per_second": samples / train_seconds if train_seconds else 0.0,
+                        **peak_memory_mb(env.device)})
+        if self.run_dir and env.is_main:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        return summary
+
+    def run(self) -> dict[str, Any]:
+        try:
+            self.setup()
+            return self.fit()
+        finally:
+            shutdown_distributed()
