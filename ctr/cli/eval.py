@@ -70,7 +70,7 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
         mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in cfg.get("model_config", {}).items()})
         model = build_model(cfg["model"], meta["dense_fields"], meta["sparse_fields"],
-                            meta["vocab_sizes"], mcfg, device="cpu")
+                            meta["vocab_sizes"], mcfg, device=env.device, sparse_device="meta")
         dmp, _ = shard_model(model, env, "auto")
         ckpt.restore_(state, dmp, fused_groups(dmp), None)
         split_data = SplitTensors.load(data, split)

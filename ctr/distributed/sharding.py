@@ -223,11 +223,16 @@ INIT_BLOCK_ROWS = 1 << 16
 
 @torch.no_grad()
 def init_embeddings_(groups: list[FusedGroup], seed: int, std: float) -> None:
-    """N(0, std) rows drawn in fixed blocks seeded by (seed, table, block): a row gets the
-    same value whatever the sharding or world size, so sharded runs equal unsharded ones."""
+    """Embedding rows N(0, std), drawn in fixed blocks seeded by (seed, table, block): a row
+    gets the same value whatever the sharding or world size, so sharded runs equal unsharded
+    ones. First-order (linear) tables start at zero, as in the reference (DeepCTR's
+    ``get_linear_logit(init=Zeros())``)."""
     for g in groups:
         w = g.view()
         for s in g.shards:
+            if s.kind == "linear":
+                w[s.fused_row: s.fused_row + s.rows].zero_()
+                continue
             lo, hi = s.row_offset, s.row_offset + s.rows
             for b in range(lo // INIT_BLOCK_ROWS, (hi - 1) // INIT_BLOCK_ROWS + 1 if hi > lo else 0):
                 gen = torch.Generator().manual_seed(_block_seed(seed, s.table, b))

@@ -10,9 +10,18 @@
       dense lr                           lr_d · min(1, (t+1) / warmup_steps)
       Adam(dense params), Adam(fused embedding buffers)
 
-All of it runs on whole fused TBE buffers (one per sharding group), so a step is a handful
-of tensor ops however many fields there are: the ids of every field are offset into their
-group's rows and counted by one ``bincount``.
+How it stays fast in the paper's regime, where every row is updated every step:
+
+- it works on whole fused TBE buffers (one per sharding group), so a step is a handful of
+  tensor ops however many fields there are; the ids of every field are offset into their
+  group's rows and counted by one ``bincount``;
+- the L2 term is folded into Adam's fused kernel (``weight_decay = 2λ`` is exactly
+  ``g + 2λw``), so the whole table costs one pass per step;
+- CowClip runs on the rows present in the batch only. That is exact: an absent row's
+  gradient is ``2λw`` and its threshold is at least ``r‖w‖``, so it is never clipped when
+  ``2λ <= r`` (every published setting); otherwise the full-table clip runs. A present row is
+  clipped on its total gradient ``g + 2λw`` and handed back as ``clipped - 2λw`` for Adam's
+  weight decay to add the L2 term again.
 
 Example::
 
@@ -61,10 +70,12 @@ class CTROptimizer:
         self.groups = groups
         self.warmup_steps = max(0, int(warmup_steps))
         self.lower_bound = lower_bound
-        self.dense = torch.optim.Adam(list(dense_params), lr=hparams.dense_lr)
+        self.dense = torch.optim.Adam(list(dense_params), lr=hparams.dense_lr, fused=True)
         sparse = [g.weight for g in groups]
         # Adam needs at least one parameter; a rank may hold no table at all (table_wise, W > #tables).
-        self.sparse = torch.optim.Adam(sparse, lr=hparams.embedding_lr) if sparse else None
+        # weight_decay = 2λ is the gradient of λ·ΣW² over the whole table (coupled L2, not AdamW).
+        self.sparse = (torch.optim.Adam(sparse, lr=hparams.embedding_lr, weight_decay=2.0 * hparams.l2,
+                                        fused=True) if sparse else None)
         field_pos = {f: i for i, f in enumerate(sparse_fields)}
         self._index = {id(g): _GroupIndex(g, field_pos, g.weight.device)
                        for g in groups if g.kind == "embedding"}
@@ -77,28 +88,42 @@ class CTROptimizer:
         return self.hp.dense_lr * min(1.0, (step + 1) / self.warmup_steps)
 
     def zero_grad(self) -> None:
+        # set_to_none: autograd then hands over its fresh gradient instead of adding it to a
+        # zeroed full-table buffer (one pass over every table saved per step).
         self.dense.zero_grad(set_to_none=True)
         for g in self.groups:
-            if g.weight.grad is not None:
-                g.weight.grad.zero_()
+            g.weight.grad = None
+
+    @torch.no_grad()
+    def _cowclip_group_(self, g: FusedGroup, global_ids: torch.Tensor) -> tuple[int, int]:
+        """Clips the group's embedding rows in place; returns (rows clipped, rows considered)."""
+        hp = self.hp
+        grad2d, w2d = g.view(g.weight.grad), g.view()
+        counts = self._index[id(g)].counts(global_ids)
+        l2x2 = 2.0 * hp.l2
+        if l2x2 > hp.r:  # absent rows could be clipped too: clip the whole table (exact, slower)
+            grad2d.add_(w2d, alpha=l2x2)
+            scale = cowclip_(grad2d, w2d, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
+            grad2d.sub_(w2d, alpha=l2x2)
+            return int((scale < 1).sum()), scale.numel()
+        rows = counts.nonzero().squeeze(1)
+        w_rows = w2d.index_select(0, rows)
+        total = grad2d.index_select(0, rows).add_(w_rows, alpha=l2x2)
+        scale = cowclip_(total, w_rows, counts.index_select(0, rows), r=hp.r, zeta=hp.zeta,
+                         lower_bound=self.lower_bound)
+        grad2d.index_copy_(0, rows, total.sub_(w_rows, alpha=l2x2))
+        return int((scale < 1).sum()), rows.numel()
 
     @torch.no_grad()
     def step(self, global_ids: torch.Tensor) -> None:
         """One update; ``global_ids`` [B, F] are the whole global batch's ids (CowClip counts)."""
-        hp = self.hp
         clipped = total = 0
         for g in self.groups:
             if g.weight.grad is None:
                 g.weight.grad = torch.zeros_like(g.weight)
-            grad = g.weight.grad
-            if hp.l2 > 0:
-                grad.add_(g.weight, alpha=2.0 * hp.l2)
-            if hp.cowclip and g.kind == "embedding":
-                counts = self._index[id(g)].counts(global_ids)
-                scale = cowclip_(g.view(grad), g.view(), counts, r=hp.r, zeta=hp.zeta,
-                                 lower_bound=self.lower_bound)
-                clipped += int((scale < 1).sum())
-                total += scale.numel()
+            if self.hp.cowclip and g.kind == "embedding":
+                c, n = self._cowclip_group_(g, global_ids)
+                clipped, total = clipped + c, total + n
         self.last_clip_fraction = clipped / total if total else 0.0
         for pg in self.dense.param_groups:
             pg["lr"] = self.dense_lr(self.step_count)

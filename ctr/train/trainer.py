@@ -108,7 +108,7 @@ class Trainer:
         mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in cfg.model_config.items()})
         model = build_model(cfg.model, meta["dense_fields"], meta["sparse_fields"],
-                            meta["vocab_sizes"], mcfg, device="cpu")
+                            meta["vocab_sizes"], mcfg, device=env.device, sparse_device="meta")
         self.dmp, per_field = shard_model(model, env, cfg.sharding)
         self.log(describe_plan(per_field, meta["vocab_sizes"], env.world_size))
         self.groups = fused_groups(self.dmp)
@@ -168,6 +168,21 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def train_step(self, batch, where: str = "") -> float:
+        """Forward, backward, optimizer step on one batch; returns this rank's mean loss."""
+        batch = batch.to(self.env.device)
+        logits = self.dmp(batch.dense, batch.sparse)
+        loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+        n_local = max(1, batch.labels.numel())
+        if not _all_true(bool(torch.isfinite(loss_sum)), self.env.device):
+            raise Diverged(f"loss is {loss_sum.item() / n_local} at {where} "
+                           f"(global step {self.global_step})")
+        self.opt.zero_grad()
+        (loss_sum * (self.env.world_size / batch.global_size)).backward()
+        self.opt.step(batch.global_ids)
+        self.global_step += 1
+        return loss_sum.item() / n_local
+
     def fit(self) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
         world = env.world_size
@@ -186,21 +201,9 @@ class Trainer:
                 for batch in self.loader.epoch(epoch, first):
                     if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
                         break
-                    batch = batch.to(env.device)
-                    logits = self.dmp(batch.dense, batch.sparse)
-                    loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
-                    loss = loss_sum * (world / batch.global_size)
-                    finite = _all_true(bool(torch.isfinite(loss_sum)), env.device)
-                    if not finite:
-                        raise Diverged(f"loss is {loss_sum.item() / max(1, batch.labels.numel())} at epoch "
-                                       f"{epoch + 1} step {step} (global step {self.global_step})")
-                    self.opt.zero_grad()
-                    loss.backward()
-                    self.opt.step(batch.global_ids)
+                    loss_acc += self.train_step(batch, where=f"epoch {epoch + 1} step {step}")
                     step += 1
-                    self.global_step += 1
                     n_epoch += batch.global_size
-                    loss_acc += float(loss_sum) / max(1, batch.labels.numel())
                     loss_n += 1
                     if step % cfg.log_every == 0 or step == self.steps_per_epoch:
                         el = time.time() - t_epoch

@@ -1,0 +1,973 @@
+"""Synthetic Criteo: the project's built-in default data, of any size, deterministic by seed.
+
+Rows look like the Criteo Kaggle display-advertising log: a label, 13 heavy-tailed integer
+features ``I1..I13`` and 26 categorical fields ``C1..C26``, with Criteo's missing rates and
+Criteo-like cardinalities. Two outputs share one row generator, so for the same
+``(rows, seed)`` they hold the same rows in the same order:
+
+- :func:`write_raw_criteo_tsv`: the raw Criteo TSV (``label, I1..I13, C1..C26``, tab-separated,
+  no header, empty = missing, categorical ids as 8 hex digits), to exercise ``ctr-preprocess``.
+- :func:`generate_dataset`: straight to a processed dataset (see :mod:`ctr.data.dataset`):
+  minmax dense features (fitted over all rows, exactly as ``ctr-preprocess`` would), ids
+  ``1..V-1`` with ``0`` = missing, plus the true click probability as column ``oracle_p``.
+
+Features
+--------
+Dense ``I_j``: ``floor(exp(ln(median+0.5) + sigma*z))`` with ``z`` a mix of a per-row shared
+"activity" factor and noise, some zero inflation, and ``I2`` sometimes ``-1..-3``. Missing
+values come in nested groups (a row missing ``I3`` mostly also misses ``I4, I6, I13``) with
+the real marginal rates (I1 45%, I3 21%, I12 77%, ...).
+
+Categorical ``C_f``: the id is the rank of a Zipf law ``P(k) ~ k^-zipf`` over ``support_f``
+ids, sampled by inverse CDF (``np.searchsorted`` on the cumulative table). Fields up to
+``min_scaled_vocab`` (100K) ids keep their real Criteo cardinality. The huge fields (C3, C4,
+C12, C16, C21, C24, C26; up to 10M ids in Criteo) are scaled with the row count::
+
+    support_f = min(V_f, max(min_scaled_vocab, ceil(V_f * vocab_scale * rows / 45_840_617)))
+
+so a small dataset keeps the real rows-per-id ratio of the full 45.8M-row log, where most ids
+of those fields occur once or a few times (at 1M rows about 60% of C3's distinct ids are
+singletons). ``vocab_sizes`` in meta is ``max id + 1``, the embedding table size needed.
+
+The planted model (labels)
+--------------------------
+::
+
+    logit = b + a1*first + a2*fm + a3*dense + a4*nonlinear,     y ~ Bernoulli(sigmoid(logit))
+
+- ``first = sum_f w_f[id_f]``: a per-id effect for every id of every field (id 0 = missing has
+  one too). ``w_f[k] ~ N(0, s_f^2)`` whatever the id's frequency: **rare ids carry as much
+  signal as frequent ones**. That is the regime where large-batch training hurts (a rare
+  id's embedding gets few, diluted updates; CowClip's argument), so the data must not hide it.
+- ``fm = sum_{f<g} <v_f[id_f], v_g[id_g]>``: pairwise interactions of ``fm_dim``-dim latent
+  factors, exactly what DeepFM's FM part can represent.
+- ``dense``: linear in ``x_j = (log1p(I_j) - log1p(median_j)) / sigma_j`` (0 if missing).
+- ``nonlinear``: ``sin(2 x_a) * x_b`` (dense), ``s_f[id_f] * x_d`` (a per-id slope on a dense
+  feature) and ``t_f * t_g * t_h`` (a three-way product of per-id scalars of three fields).
+  The networks see minmax-scaled dense values and have no three-way term, so they learn
+  this only in part.
+
+Each component is scaled so its standard deviation on a calibration sample is ``sd_first``,
+``sd_fm``, ``sd_dense``, ``sd_nonlinear``; then ``b`` is set by bisection so the mean click
+probability is ``positive_rate`` (0.25). The parameters depend only on the seed and the model
+knobs (per-id parameters are drawn in blocks of ids, each block seeded from
+``(seed, field, block)``; calibration uses a fixed-size sample at the 1M-row support), never
+on the row count: a bigger dataset with the same seed is the same model with more of the
+long tail revealed. The true probability is known, so meta.json records the oracle::
+
+    meta["oracle"] = {"test_auc": roc_auc_score(y_test, p_test), "test_logloss": ...}
+
+At the defaults the oracle test AUC is ~0.85 with 25% positives.
+
+Example::
+
+    from ctr.data.synth import generate_dataset, write_raw_criteo_tsv, ensure_demo_dataset
+    meta = generate_dataset("data/synth-10m", 10_000_000, seed=1)
+    print(meta["oracle"]["test_auc"])
+    write_raw_criteo_tsv("data/synth.tsv", 1_000_000, seed=0)   # then: ctr-preprocess data/synth.tsv
+    path = ensure_demo_dataset()                                  # data/synthetic-demo, made once
+
+From the command line: ``ctr-preprocess synth --rows 10m --out data/synth-10m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gzip
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ctr.data.dataset import (CRITEO_DENSE, CRITEO_SPARSE, LABEL, META_FILE, DatasetWriter,
+                              read_meta, DatasetError)
+from ctr.data.transforms import DenseStats, apply_dense_transform
+
+GENERATOR_VERSION = 1
+DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic-demo"
+DEMO_ROWS = 1_000_000
+CRITEO_ROWS = 45_840_617          # rows of the Criteo Kaggle train.txt
+CHUNK_ROWS = 1 << 18              # rows per generated chunk (part of the output's identity)
+ID_BLOCK = 1 << 16                # per-id parameters are drawn in blocks of (at most) this many ids
+CALIBRATION_ROWS = 1 << 18
+CALIBRATION_SUPPORT_ROWS = 1_000_000  # calibration sample uses the support of a 1M-row dataset
+ORACLE_COLUMN = "oracle_p"
+
+# Distinct values per field in Criteo Kaggle train.txt.
+CRITEO_CARDINALITY = {
+    "C1": 1460, "C2": 583, "C3": 10131227, "C4": 2202608, "C5": 305, "C6": 24, "C7": 12517,
+    "C8": 633, "C9": 3, "C10": 93145, "C11": 5683, "C12": 8351593, "C13": 3194, "C14": 27,
+    "C15": 14992, "C16": 5461306, "C17": 10, "C18": 5652, "C19": 2173, "C20": 4, "C21": 7046547,
+    "C22": 18, "C23": 15, "C24": 286181, "C25": 105, "C26": 142572,
+}
+# field -> (missing rate, missing group). Fields of one group share one uniform draw, so
+# their missing values nest (as in Criteo, where whole blocks of fields are absent together).
+DENSE_MISSING = {
+    "I1": (0.45, "a"), "I2": (0.0, None), "I3": (0.21, "b"), "I4": (0.22, "b"),
+    "I5": (0.026, None), "I6": (0.22, "b"), "I7": (0.04, "c"), "I8": (0.0005, None),
+    "I9": (0.04, "c"), "I10": (0.45, "a"), "I11": (0.04, "c"), "I12": (0.77, None),
+    "I13": (0.22, "b"),
+}
+CAT_MISSING = {
+    "C3": (0.03, "a"), "C4": (0.03, "a"), "C12": (0.07, "a"), "C16": (0.03, "a"),
+    "C19": (0.44, "b"), "C20": (0.44, "b"), "C21": (0.44, "b"), "C22": (0.76, "b"),
+    "C23": (0.44, "b"), "C24": (0.44, "b"), "C25": (0.44, "b"), "C26": (0.44, "b"),
+}
+# field -> (median, log-scale sigma, P(0), loading on the shared per-row activity factor)
+DENSE_SPEC = {
+    "I1": (1, 1.3, 0.30, 0.6), "I2": (3, 2.0, 0.10, 0.3), "I3": (7, 1.5, 0.05, 0.5),
+    "I4": (4, 1.0, 0.05, 0.6), "I5": (2800, 2.0, 0.02, 0.4), "I6": (33, 1.8, 0.10, 0.5),
+    "I7": (3, 1.6, 0.15, 0.6), "I8": (7, 1.2, 0.03, 0.3), "I9": (38, 1.4, 0.02, 0.5),
+    "I10": (1, 0.6, 0.40, 0.6), "I11": (1, 1.0, 0.25, 0.6), "I12": (1, 1.2, 0.60, 0.4),
+    "I13": (4, 1.2, 0.10, 0.5),
+}
+I2_NEGATIVE = 0.02                 # P(I2 in {-1, -2, -3}), as in Criteo
+
+# seed-sequence stream tags (arbitrary distinct constants)
+_S_TABLE, _S_MODEL, _S_DENSE, _S_CAT, _S_LABEL, _S_SPLIT, _S_CAL, _S_SCRAMBLE = (
+    11, 12, 13, 14, 15, 16, 17, 18)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The planted model's knobs (all part of the generated data's identity)."""
+
+    positive_rate: float = 0.25     # mean click probability (intercept calibrated to it)
+    sd_first: float = 1.1           # std of the first-order per-id effects' sum
+    sd_fm: float = 0.8              # std of the pairwise latent-factor interactions
+    sd_dense: float = 0.4           # std of the linear dense term
+    sd_nonlinear: float = 0.7       # std of the nonlinear term
+    fm_dim: int = 4                 # latent dimension of the planted interactions
+    field_spread: float = 0.5       # log-std of the per-field scales (larger: fewer strong fields)
+    zipf: float = 1.05              # Zipf exponent of the id frequencies
+    vocab_scale: float = 1.0        # multiplies the scaled support of the huge fields
+    min_scaled_vocab: int = 100_000  # fields up to this size keep their real cardinality
+
+    def __post_init__(self):
+        if not 0.0 < self.positive_rate < 1.0:
+            raise ValueError(f"positive_rate must be in (0, 1), got {self.positive_rate}")
+        for k in ("sd_first", "sd_fm", "sd_dense", "sd_nonlinear"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0")
+        if self.fm_dim < 1:
+            raise ValueError("fm_dim must be >= 1")
+        if self.zipf <= 0 or self.vocab_scale <= 0 or self.min_scaled_vocab < 1:
+            raise ValueError("zipf and vocab_scale must be > 0, min_scaled_vocab >= 1")
+
+
+def make_config(**model_kwargs) -> SynthConfig:
+    """A :class:`SynthConfig` from keyword knobs; unknown names raise ``TypeError``."""
+    names = {f.name for f in dataclasses.fields(SynthConfig)}
+    unknown = sorted(set(model_kwargs) - names)
+    if unknown:
+        raise TypeError(f"unknown synthetic model parameter(s) {unknown}; known: {sorted(names)}")
+    return SynthConfig(**{k: v for k, v in model_kwargs.items() if v is not None})
+
+
+def support_sizes(rows: int, config: SynthConfig = SynthConfig()) -> dict[str, int]:
+    """Ids per field for a dataset of ``rows`` rows (the documented scaling rule)."""
+    out = {}
+    for f, v in CRITEO_CARDINALITY.items():
+        if v <= config.min_scaled_vocab:
+            out[f] = v
+        else:
+            scaled = math.ceil(v * config.vocab_scale * rows / CRITEO_ROWS)
+            out[f] = int(min(v, max(config.min_scaled_vocab, scaled)))
+    return out
+
+
+def _ss(*words: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(w) for w in words])
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng(_ss(*words))
+
+
+@dataclass
+class Chunk:
+    """One generated chunk of rows (raw, before any dataset transform)."""
+
+    label: np.ndarray   # int8 [n]
+    dense: np.ndarray   # float64 [n, 13], NaN = missing, integer-valued otherwise
+    ids: np.ndarray     # int32 [n, 26], 0 = missing, else 1..support (Zipf rank)
+    p: np.ndarray       # float64 [n], true click probability
+
+
+class PlantedModel:
+    """The generator: feature laws and planted label model for ``(seed, config)``.
+
+    ``rows`` only fixes the id supports of the huge fields (see :func:`support_sizes`); all
+    parameters are shared by every row count.
+    """
+
+    def __init__(self, seed: int, rows: int, config: SynthConfig = SynthConfig()):
+        if int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed, self.rows, self.config = int(seed), int(rows), config
+        self.dense_fields, self.sparse_fields = list(CRITEO_DENSE), list(CRITEO_SPARSE)
+        self.support = support_sizes(rows, config)
+        self.cal_support = support_sizes(CALIBRATION_SUPPORT_ROWS, config)
+        m = _rng(seed, _S_MODEL)
+        nf = len(self.sparse_fields)
+        # per-field scales of the first-order effects and of the latent factors
+        self.first_scale = np.exp(config.field_spread * m.standard_normal(nf))
+        self.fm_scale = np.exp(0.6 * config.field_spread * m.standard_normal(nf))
+        self.dense_beta = m.standard_normal(len(self.dense_fields))
+        mid = [i for i, f in enumerate(self.sparse_fields) if 100 <= CRITEO_CARDINALITY[f] <= 20000]
+        small = [i for i, f in enumerate(self.sparse_fields) if 10 <= CRITEO_CARDINALITY[f] <= 20000]
+        self.slope_field = int(m.choice(mid))
+        self.triple_fields = [int(i) for i in m.choice(small, size=3, replace=False)]
+        a, b, d = m.choice(len(self.dense_fields), size=3, replace=False)
+        self.sin_dense, self.mul_dense, self.slope_dense = int(a), int(b), int(d)
+        # dense laws
+        spec = np.array([DENSE_SPEC[f] for f in self.dense_fields], dtype=np.float64)
+        self._d_median, self._d_sigma, self._d_pzero, self._d_load = spec.T
+        self._d_mu = np.log(self._d_median + 0.5)
+        self._d_center = np.log1p(self._d_median)
+        self._d_rate, self._d_group = _groups(self.dense_fields, DENSE_MISSING)
+        self._c_rate, self._c_group = _groups(self.sparse_fields, CAT_MISSING)
+        # per-id parameters, large enough for the data and for the calibration sample
+        self._w: list[np.ndarray] = []      # [V+1] first-order effect (row 0 = missing id)
+        self._v: list[np.ndarray] = []      # [V+1, fm_dim] latent factors
+        self._t: list[np.ndarray] = []      # [V+1] scalars of the three-way product
+        self._s: list[np.ndarray] = []      # [V+1] per-id slopes on a dense feature
+        for i, f in enumerate(self.sparse_fields):
+            self._draw_params(i, max(self.support[f], self.cal_support[f]))
+        self._sampler = {f: _ZipfSampler(self.support[f], config.zipf) for f in self.sparse_fields}
+        # component scales and intercept from the calibration sample, then fused tables
+        self.scales = np.ones(4)
+        self.nl_scales = np.ones(3)
+        self.intercept = 0.0
+        self._calibrate()
+        self._fuse()
+
+    # ---- parameters -------------------------------------------------------------------
+    def _draw_params(self, fi: int, n_ids: int) -> None:
+        """Parameters of ids ``0..n_ids`` of field ``fi``, drawn in blocks of ``ID_BLOCK``
+        ids seeded by ``(seed, field, block)`` so they never depend on the table size."""
+        k = self.config.fm_dim
+        ncols = k + 3
+        # block size from the field's Criteo cardinality only (small fields: one small block)
+        block = min(ID_BLOCK, 1 << math.ceil(math.log2(CRITEO_CARDINALITY[self.sparse_fields[fi]] + 1)))
+        nb = (n_ids + 1 + block - 1) // block
+        t = np.empty((nb * block, ncols), dtype=np.float32)
+        for b in range(nb):
+            t[b * block:(b + 1) * block] = _rng(self.seed, _S_TABLE, fi, b).standard_normal(
+                (block, ncols), dtype=np.float32)
+        t = t[:n_ids + 1]
+        self._w.append(np.ascontiguousarray(t[:, 0]) * np.float32(self.first_scale[fi]))
+        self._v.append(np.ascontiguousarray(t[:, 1:1 + k]) * np.float32(self.fm_scale[fi]))
+        self._t.append(np.ascontiguousarray(t[:, 1 + k]))
+        self._s.append(np.ascontiguousarray(t[:, 2 + k]))
+
+    def _raw_components(self, dense: np.ndarray, ids: np.ndarray):
+        """The four logit components, unscaled (calibration only; float64)."""
+        n = ids.shape[0]
+        first = np.zeros(n)
+        s = np.zeros((n, self.config.fm_dim))
+        q = np.zeros(n)
+        for j in range(ids.shape[1]):
+            col = ids[:, j]
+            first += self._w[j][col]
+            s += self._v[j][col]
+            q += _rowdot(self._v[j], self._v[j])[col]
+        fm = 0.5 * (_rowdot(s, s) - q)
+        x = self._dense_x(dense)
+        return first, fm, x @ self.dense_beta, self._nl_parts(x, ids)
+
+    def _nl_parts(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        f1, f2, f3 = self.triple_fields
+        triple = (self._t[f1][ids[:, f1]] * self._t[f2][ids[:, f2]]).astype(np.float64) \
+            * self._t[f3][ids[:, f3]]
+        return (np.sin(2.0 * x[:, self.sin_dense]) * x[:, self.mul_dense],
+                self._s[self.slope_field][ids[:, self.slope_field]] * x[:, self.slope_dense],
+                triple)
+
+    def _nonlinear(self, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        parts = self._nl_parts(x, ids)
+        return sum(p / s for p, s in zip(parts, self.nl_scales)) / math.sqrt(len(parts))
+
+    def _calibrate(self) -> None:
+        rng = _rng(self.seed, _S_CAL)
+        n = CALIBRATION_ROWS
+        samplers = {f: _ZipfSampler(self.cal_support[f], self.config.zipf)
+                    for f in self.sparse_fields}
+        dense = self._dense(rng, n)
+        ids = self._ids(rng, n, samplers)
+        first, fm, lin, nl_parts = self._raw_components(dense, ids)
+        self.nl_scales = np.array([_safe_std(x) for x in nl_parts])
+        nl = self._nonlinear(self._dense_x(dense), ids)
+        c = self.config
+        target = np.array([c.sd_first, c.sd_fm, c.sd_dense, c.sd_nonlinear])
+        self.scales = target / np.array([_safe_std(x) for x in (first, fm, lin, nl)])
+        a = self.scales
+        z = a[0] * first + a[1] * fm + a[2] * lin + a[3] * nl
+        lo, hi = -30.0, 30.0
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            if _sigmoid(z + mid).mean() < c.positive_rate:
+                lo = mid
+            else:
+                hi = mid
+        self.intercept = 0.5 * (lo + hi)
+
+    def _fuse(self) -> None:
+        """Folds the scales into per-id tables: ``logit = b + sum_f c_f[id] + |S|^2/2 + ...``
+        with ``S = sum_f u_f[id]``, ``u = sqrt(a_fm) v``, ``c = a_first w - |u|^2/2``."""
+        a_first, a_fm = self.scales[0], self.scales[1]
+        self._u = [(v * np.float32(math.sqrt(a_fm))) for v in self._v]
+        self._c = [(np.float32(a_first) * w - 0.5 * _rowdot(u, u)).astype(np.float32)
+                   for w, u in zip(self._w, self._u)]
+        self._dense_coef = self.scales[2] * self.dense_beta
+
+    # ---- rows -------------------------------------------------------------------------
+    def _dense(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """float64 [n, 13] (column-major: each field contiguous), NaN = missing."""
+        nd = len(self.dense_fields)
+        col = (slice(None), None)
+        act = rng.standard_normal(n)
+        z = rng.standard_normal((nd, n))
+        load = self._d_load[col]
+        z *= np.sqrt(1.0 - load * load)
+        z += load * act
+        z *= self._d_sigma[col]
+        z += self._d_mu[col]
+        v = np.floor(np.exp(z, out=z), out=z)
+        v[rng.random((nd, n)) < self._d_pzero[col]] = 0.0
+        i2 = self.dense_fields.index("I2")
+        neg = rng.random(n)
+        which = np.searchsorted([0.8, 0.95], rng.random(n))   # -1: 80%, -2: 15%, -3: 5%
+        v[i2] = np.where(neg < I2_NEGATIVE, -1.0 - which, v[i2])
+        for j, miss in _missing(rng, n, self._d_rate, self._d_group):
+            v[j, miss] = np.nan
+        return v.T
+
+    def _ids(self, rng: np.random.Generator, n: int, samplers: dict[str, "_ZipfSampler"]) -> np.ndarray:
+        """int32 [n, 26] (column-major), 0 = missing, else the Zipf rank 1..support."""
+        ids = np.empty((len(self.sparse_fields), n), dtype=np.int32)
+        for j, f in enumerate(self.sparse_fields):
+            r = samplers[f].sample(rng.random(n))
+            np.add(r, 1, out=ids[j], casting="unsafe")
+        for j, miss in _missing(rng, n, self._c_rate, self._c_group):
+            ids[j, miss] = 0
+        return ids.T
+
+    def _dense_x(self, dense: np.ndarray) -> np.ndarray:
+        """float64 [n, 13]: ``(log1p(max(I, 0)) - log1p(median)) / sigma``, 0 where missing."""
+        x = np.maximum(dense.T, 0.0, order="C")            # a new field-major array
+        np.log1p(x, out=x)
+        x -= self._d_center[:, None]
+        x /= self._d_sigma[:, None]
+        np.nan_to_num(x, copy=False, nan=0.0)
+        return x.T
+
+    def logit(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The planted logit (float64 [n]) of raw rows: dense float64 [n, 13] with NaN =
+        missing, ids int [n, 26] with 0 = missing (Zipf ranks, as in :class:`Chunk`)."""
+        n = ids.shape[0]
+        acc = np.zeros(n, dtype=np.float32)
+        s = np.zeros((n, self.config.fm_dim), dtype=np.float32)
+        for j in range(ids.shape[1]):
+            col = ids[:, j]
+            acc += self._c[j][col]
+            s += self._u[j][col]
+        x = self._dense_x(dense)
+        out = acc.astype(np.float64)
+        out += 0.5 * _rowdot(s, s)
+        out += x @ self._dense_coef
+        out += self.scales[3] * self._nonlinear(x, ids)
+        out += self.intercept
+        return out
+
+    def num_chunks(self) -> int:
+        return (self.rows + CHUNK_ROWS - 1) // CHUNK_ROWS
+
+    def chunk_rows(self, i: int) -> int:
+        return min(CHUNK_ROWS, self.rows - i * CHUNK_ROWS)
+
+    def dense_chunk(self, i: int) -> np.ndarray:
+        """Only the dense features of chunk ``i`` (cheap; for fitting transforms)."""
+        return self._dense(_rng(self.seed, _S_DENSE, i), self.chunk_rows(i))
+
+    def chunk(self, i: int) -> Chunk:
+        """Chunk ``i``: rows ``[i*CHUNK_ROWS, ...)``, from streams seeded by ``(seed, i)``."""
+        n = self.chunk_rows(i)
+        dense = self._dense(_rng(self.seed, _S_DENSE, i), n)
+        ids = self._ids(_rng(self.seed, _S_CAT, i), n, self._sampler)
+        p = _sigmoid(self.logit(dense, ids))
+        label = (_rng(self.seed, _S_LABEL, i).random(n) < p).astype(np.int8)
+        return Chunk(label, dense, ids, p)
+
+    def chunks(self, workers: int = 2) -> Iterator[Chunk]:
+        """All chunks in order, generated ``workers`` at a time in threads (numpy releases
+        the GIL in the heavy parts; the result does not depend on ``workers``)."""
+        yield from _ordered_map(self.chunk, range(self.num_chunks()), workers)
+
+    def effects(self, field: str) -> np.ndarray:
+        """The scaled first-order effect ``a_first * w`` of every id of ``field`` (index = id)."""
+        j = self.sparse_fields.index(field)
+        return self.scales[0] * self._w[j][:self.support[field] + 1].astype(np.float64)
+
+    def describe(self) -> dict[str, Any]:
+        """Every generator parameter, JSON-ready (goes into ``meta["synthetic"]``)."""
+        return {
+            "generator": "ctr.data.synth",
+            "version": GENERATOR_VERSION,
+            "rows": self.rows,
+            "seed": self.seed,
+            "chunk_rows": CHUNK_ROWS,
+            "model": dataclasses.asdict(self.config),
+            "support": dict(self.support),
+            "support_rule": ("fields with <= min_scaled_vocab ids keep their Criteo cardinality "
+                             "V; others: min(V, max(min_scaled_vocab, ceil(V * vocab_scale * "
+                             f"rows / {CRITEO_ROWS})))"),
+            "criteo_cardinality": dict(CRITEO_CARDINALITY),
+            "dense_missing": {f: r for f, (r, _) in DENSE_MISSING.items()},
+            "sparse_missing": {f: CAT_MISSING.get(f, (0.0, None))[0] for f in self.sparse_fields},
+            "dense_law": {f: dict(zip(("median", "sigma", "p_zero", "activity_loading"), s))
+                          for f, s in DENSE_SPEC.items()},
+            "i2_negative_rate": I2_NEGATIVE,
+            "intercept": self.intercept,
+            "component_scales": dict(zip(("first", "fm", "dense", "nonlinear"),
+                                         map(float, self.scales))),
+            "nonlinear_terms": {
+                "sin_dense": f"sin(2*x[{self.dense_fields[self.sin_dense]}]) * "
+                             f"x[{self.dense_fields[self.mul_dense]}]",
+                "slope": f"s[{self.sparse_fields[self.slope_field]}] * "
+                         f"x[{self.dense_fields[self.slope_dense]}]",
+                "triple": "t[" + "] * t[".join(self.sparse_fields[f] for f in self.triple_fields) + "]",
+            },
+            "calibration": {"rows": CALIBRATION_ROWS, "support_rows": CALIBRATION_SUPPORT_ROWS},
+        }
+
+
+class _ZipfSampler:
+    """Inverse-CDF sampling of Zipf ranks ``0..n-1`` (``P(k) ~ (k+1)^-s``), exactly equal to
+    ``np.searchsorted(cdf, u, side="right")``, sped up by a guide table: a uniform's cell
+    ``floor(u*G)`` bounds its answer, and only cells holding a CDF step need a (vectorised,
+    bounded) binary search."""
+
+    def __init__(self, n: int, s: float):
+        w = np.arange(1, n + 1, dtype=np.float64) ** -s
+        self.cdf = np.cumsum(w)
+        self.cdf /= self.cdf[-1]
+        self.n = n
+        self.G = 1 << int(min(20, max(8, math.ceil(math.log2(4 * n)))))
+        self.guide = None
+        if n > 64:
+            # guide[m] = searchsorted(cdf, m/G, "right") = #{k: cdf[k]*G <= m}; exact, since
+            # G is a power of two
+            first_cell = np.ceil(self.cdf * self.G).astype(np.int64)
+            self.guide = np.cumsum(np.bincount(first_cell, minlength=self.G + 1)[:self.G + 1])
+
+    def sample(self, u: np.ndarray) -> np.ndarray:
+        if self.guide is None:
+            r = np.searchsorted(self.cdf, u, side="right")
+        else:
+            cell = (u * self.G).astype(np.int64)
+            lo, hi = self.guide[cell], self.guide[cell + 1]
+            r = lo
+            amb = np.flatnonzero(lo != hi)
+            if amb.size:
+                uu, a, b = u[amb], lo[amb], hi[amb]
+                while True:
+                    act = a < b
+                    if not act.any():
+                        break
+                    mid = (a + b) >> 1
+                    right = self.cdf[np.minimum(mid, self.n - 1)] <= uu
+                    a = np.where(act & right, mid + 1, a)
+                    b = np.where(act & ~right, mid, b)
+                r[amb] = a
+        return np.minimum(r, self.n - 1)          # guards u >= cdf[-1] rounding
+
+
+def _ordered_map(fn, items, workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` computed by ``workers`` threads, yielded in order, bounded ahead."""
+    items = list(items)
+    if workers <= 1:
+        for it in items:
+            yield fn(it)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        pending: list[Future] = []
+        nxt = 0
+        while nxt < len(items) or pending:
+            while nxt < len(items) and len(pending) < workers:
+                pending.append(ex.submit(fn, items[nxt]))
+                nxt += 1
+            yield pending.pop(0).result()
+
+
+def _groups(fields: list[str], table: dict[str, tuple[float, str | None]]):
+    rates = np.array([table.get(f, (0.0, None))[0] for f in fields])
+    names = sorted({g for f in fields for g in [table.get(f, (0.0, None))[1]] if g})
+    gid = np.array([names.index(table[f][1]) if table.get(f, (0, None))[1] else -1
+                    for f in fields])
+    return rates, gid
+
+
+def _missing(rng: np.random.Generator, n: int, rates: np.ndarray,
+             group: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """``[(column, bool [n] missing)]`` for the columns with a missing rate; the columns of
+    one group share one uniform draw, so their missing entries nest."""
+    slots: dict[int, int] = {}
+    cols = [j for j in range(len(rates)) if rates[j] > 0]
+    for j in cols:
+        slots.setdefault(int(group[j]) if group[j] >= 0 else -1 - j, len(slots))
+    if not cols:
+        return []
+    u = rng.random((len(slots), n))
+    return [(j, u[slots[int(group[j]) if group[j] >= 0 else -1 - j]] < rates[j]) for j in cols]
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot product of two [n, k] arrays (float64; k is small)."""
+    out = a[:, 0].astype(np.float64) * b[:, 0]
+    for c in range(1, a.shape[1]):
+        out += a[:, c].astype(np.float64) * b[:, c]
+    return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _safe_std(x: np.ndarray) -> float:
+    s = float(np.std(x))
+    return s if s > 1e-12 else 1.0
+
+
+# ---- TSV ----------------------------------------------------------------------------------
+
+_HEX4 = np.frombuffer(b"".join(b"%04x" % v for v in range(65536)), dtype=np.uint32)
+
+
+def _scramble_keys(seed: int, nf: int) -> np.ndarray:
+    """uint32 [nf, 4]: per-field keys of the id scramble (odd multipliers in columns 1, 2)."""
+    keys = np.empty((nf, 4), dtype=np.uint32)
+    for f in range(nf):
+        keys[f] = _rng(seed, _S_SCRAMBLE, f).integers(0, 1 << 32, 4, dtype=np.uint64)
+    keys[:, 1:3] |= np.uint32(1)
+    return keys
+
+
+def scramble_ids(ids: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """A bijection of uint32 (xor, odd multiply, xor-shift rounds), so ids look hashed."""
+    x = ids.astype(np.uint32) ^ key[0]
+    x *= key[1]
+    x ^= x >> np.uint32(15)
+    x *= key[2]
+    x ^= x >> np.uint32(13)
+    x += key[3]
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def _hex_column(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """uint32 [n] -> Arrow string array of 8 lower-case hex digits, null where not valid."""
+    n = values.shape[0]
+    out = np.empty((n, 2), dtype=np.uint32)
+    out[:, 0] = _HEX4[values >> np.uint32(16)]
+    out[:, 1] = _HEX4[values & np.uint32(0xFFFF)]
+    offsets = np.arange(0, 8 * n + 1, 8, dtype=np.int32)
+    bitmap = np.packbits(valid, bitorder="little")
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(out),
+                                       pa.py_buffer(bitmap), int(n - valid.sum()))
+
+
+def _label_column(label: np.ndarray) -> pa.Array:
+    r"""Labels as strings ``"0"``, ``"\n1"``, ``"\n0"``, ...: each row after the first starts
+    with the previous row's line end, so joining a chunk's columns gives its TSV lines."""
+    n = label.shape[0]
+    data = np.empty((n, 2), dtype=np.uint8)
+    data[:, 0] = ord("\n")
+    data[:, 1] = label.astype(np.uint8) + ord("0")
+    offsets = np.arange(-1, 2 * n, 2, dtype=np.int32)
+    offsets[0] = 0
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data.reshape(-1)[1:]))
+
+
+def tsv_parts(ch: Chunk, keys: np.ndarray) -> list[memoryview]:
+    r"""A chunk's raw Criteo TSV lines (``label \t I1..I13 \t C1..C26 \n`` each), as buffers
+    to write one after the other. The columns become Arrow strings (ints cast, ids as hex
+    built from numpy buffers) joined row-wise in C++ by ``binary_join_element_wise``."""
+    import pyarrow.compute as pc
+    cols: list[pa.Array] = [_label_column(ch.label)]
+    miss = np.isnan(ch.dense)
+    dense = np.where(miss, 0.0, ch.dense).astype(np.int64)
+    for j in range(dense.shape[1]):
+        cols.append(pc.cast(pa.array(dense[:, j], mask=miss[:, j]), pa.string()))
+    for j in range(ch.ids.shape[1]):
+        col = ch.ids[:, j]
+        cols.append(_hex_column(scramble_ids(col, keys[j]), col != 0))
+    joined = pc.binary_join_element_wise(*cols, "\t", null_handling="replace",
+                                         null_replacement="")
+    offsets, data = joined.buffers()[1:3]
+    off = np.frombuffer(offsets, dtype=np.int32, count=len(joined) + 1, offset=4 * joined.offset)
+    return [memoryview(data)[int(off[0]):int(off[-1])], memoryview(b"\n")]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _pipelined(gen: Iterator[Any], consume) -> None:
+    """Runs ``consume(item)`` in a worker thread while the next item is generated."""
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        pending: Future | None = None
+        for item in gen:
+            if pending is not None:
+                pending.result()
+            pending = ex.submit(consume, item)
+        if pending is not None:
+            pending.result()
+
+
+def write_raw_criteo_tsv(path: str | os.PathLike, rows: int, seed: int = 0, progress: bool = True,
+                         **model_kwargs) -> dict[str, Any]:
+    """Writes ``rows`` synthetic rows as a raw Criteo TSV (gzip if ``path`` ends with ``.gz``).
+
+    Layout: ``label \\t I1..I13 \\t C1..C26``, no header, empty = missing, ids as 8 lower-case
+    hex digits (a per-field bijective scramble of the Zipf rank). Written to a temporary name
+    beside ``path`` and renamed into place (an existing file is replaced). Returns a summary.
+    """
+    rows = _check_rows(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = PlantedModel(seed, rows, make_config(**model_kwargs))
+    keys = _scramble_keys(seed, len(model.sparse_fields))
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    positives = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(open(tmp, "wb"))
+            sink = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1)) \
+                if path.name.endswith(".gz") else raw
+            bar = stack.enter_context(_progress(rows, f"synth tsv {path.name}", progress))
+
+            def tables():
+                nonlocal positives
+                for ch in model.chunks():
+                    positives += int(ch.label.sum())
+                    yield ch.label.shape[0], tsv_parts(ch, keys)
+
+            def write(item):
+                n, parts = item
+                for part in parts:
+                    sink.write(part)
+                if bar is not None:
+                    bar.update(n)
+
+            _pipelined(tables(), write)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    secs = time.perf_counter() - t0
+    return {"path": str(path), "rows": rows, "seed": seed, "positives": positives,
+            "positive_rate": positives / rows, "bytes": path.stat().st_size, "seconds": secs,
+            "rows_per_second": rows / secs if secs > 0 else float("inf")}
+
+
+# ---- processed dataset --------------------------------------------------------------------
+
+def _split_counts(rows: int, split: tuple[float, ...]) -> tuple[list[str], list[int]]:
+    split = tuple(float(s) for s in split)
+    if len(split) not in (2, 3) or any(s < 0 for s in split) or abs(sum(split) - 1.0) > 1e-6:
+        raise ValueError(f"split must be 2 or 3 non-negative fractions summing to 1, got {split}")
+    names = ["train", "test"] if len(split) == 2 else ["train", "valid", "test"]
+    counts = [int(round(rows * s)) for s in split[1:]]
+    counts.insert(0, rows - sum(counts))
+    if counts[0] < 0:
+        raise ValueError(f"split {split} leaves no training rows")
+    return names, counts
+
+
+def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
+                     split: tuple[float, ...] = (0.9, 0.1), overwrite: bool = False,
+                     progress: bool = True, **model_kwargs) -> dict[str, Any]:
+    """Generates ``rows`` synthetic rows straight into a processed dataset at ``out_dir``.
+
+    Columns: ``label`` float32, ``I1..I13`` float32 (minmax over all rows, via
+    :mod:`ctr.data.transforms`), ``C1..C26`` int32 (0 = missing), ``oracle_p`` float32 (the
+    true click probability). ``split`` = (train, test) or (train, valid, test) fractions; the
+    split is an exact random one by ``seed``. Memory is bounded: two passes over
+    deterministic chunks (dense statistics, then rows). Returns the meta written.
+    """
+    rows = _check_rows(rows)
+    names, counts = _split_counts(rows, split)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    t0 = time.perf_counter()
+    model = PlantedModel(seed, rows, make_config(**model_kwargs))
+    dense_f, sparse_f = model.dense_fields, model.sparse_fields
+    nch = model.num_chunks()
+    stats = DenseStats(dense_f)
+    with _progress(rows, "synth pass 1/2 (dense stats)", progress) as bar:
+        for d in _ordered_map(model.dense_chunk, range(nch), 2):
+            stats.update(d)
+            if bar is not None:
+                bar.update(d.shape[0])
+    params = stats.params("minmax")
+
+    split_rng = _rng(seed, _S_SPLIT)
+    remaining = np.array(counts, dtype=np.int64)
+    max_id = np.zeros(len(sparse_f), dtype=np.int64)
+    test_p: list[np.ndarray] = []
+    test_y: list[np.ndarray] = []
+    test_idx = names.index("test")
+
+    def tables():
+        nonlocal remaining
+        for ch in model.chunks():
+            n = ch.label.shape[0]
+            take = split_rng.multivariate_hypergeometric(remaining, n)
+            remaining = remaining - take
+            where = np.repeat(np.arange(len(names), dtype=np.int8), take)
+            split_rng.shuffle(where)
+            np.maximum(max_id, ch.ids.max(axis=0), out=max_id)
+            dense = apply_dense_transform(ch.dense, "minmax", params, dense_f)
+            p32 = ch.p.astype(np.float32)
+            lab = ch.label.astype(np.float32)
+            out = []
+            for s, name in enumerate(names):
+                sel = np.flatnonzero(where == s)
+                if s == test_idx:
+                    test_p.append(p32[sel])
+                    test_y.append(lab[sel])
+                cols = {LABEL: lab[sel]}
+                cols.update({f: dense[sel, j] for j, f in enumerate(dense_f)})
+                cols.update({f: ch.ids[sel, j] for j, f in enumerate(sparse_f)})
+                cols[ORACLE_COLUMN] = p32[sel]
+                out.append((name, pa.table(cols)))
+            yield out
+
+    with DatasetWriter(out_dir, overwrite=overwrite) as writer, \
+            _progress(rows, "synth pass 2/2 (rows)", progress) as bar:
+        def write(parts):
+            for name, table in parts:
+                writer.write(name, table)
+            if bar is not None:
+                bar.update(sum(t.num_rows for _, t in parts))
+
+        _pipelined(tables(), write)
+        assert int(remaining.sum()) == 0
+        y = np.concatenate(test_y) if test_y else np.zeros(0, np.float32)
+        p = np.concatenate(test_p) if test_p else np.zeros(0, np.float32)
+        meta = {
+            "dataset": "synthetic",
+            "label": LABEL,
+            "dense_fields": dense_f,
+            "sparse_fields": sparse_f,
+            "vocab_sizes": {f: int(max_id[j]) + 1 for j, f in enumerate(sparse_f)},
+            "dense_transform": {"kind": "minmax", "params": params},
+            "categorical_encoding": {"kind": "label"},
+            "extra_columns": {ORACLE_COLUMN: "true click probability of the planted model"},
+            "seed": int(seed),
+            "synthetic": model.describe(),
+            "oracle": oracle_metrics(y, p),
+        }
+        writer.commit(meta)
+    meta = read_meta(out_dir)
+    meta["synthetic"]["seconds"] = time.perf_counter() - t0  # returned only, not stored
+    return meta
+
+
+def oracle_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """AUC and log loss of the true probability ``p`` (float32, as stored) on labels ``y``."""
+    if len(y) == 0 or y.min() == y.max():
+        return {"test_auc": None, "test_logloss": None, "test_rows": int(len(y))}
+    from sklearn.metrics import log_loss, roc_auc_score
+    return {"test_auc": float(roc_auc_score(y, p)),
+            "test_logloss": float(log_loss(y, p.astype(np.float64), labels=[0, 1])),
+            "test_rows": int(len(y))}
+
+
+# ---- demo dataset -------------------------------------------------------------------------
+
+def _matches(meta: dict[str, Any], rows: int, seed: int) -> bool:
+    syn = meta.get("synthetic") or {}
+    return (meta.get("dataset") == "synthetic" and syn.get("version") == GENERATOR_VERSION
+            and syn.get("rows") == rows and syn.get("seed") == seed
+            and syn.get("model") == dataclasses.asdict(SynthConfig()))
+
+
+def ensure_demo_dataset(path: str | os.PathLike = DEMO_DIR, rows: int = DEMO_ROWS,
+                        seed: int = 0) -> Path:
+    """The built-in synthetic dataset at ``path``: generated on first use, reused afterwards.
+
+    Reused if its meta.json matches ``rows``, ``seed`` and this generator version (default
+    model knobs); a synthetic dataset that does not match is regenerated; any other content at
+    ``path`` is an error. Concurrent callers (e.g. the ranks of one ``torchrun``) serialise on
+    a lock file beside ``path``. Prints one line saying which happened.
+    """
+    import fcntl
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            meta = None
+            if path.exists():
+                try:
+                    meta = read_meta(path)
+                except DatasetError:
+                    if any(path.iterdir()):
+                        raise FileExistsError(f"{path} exists and is not a synthetic dataset; "
+                                              "move it away or pass another path") from None
+                if meta is not None and meta.get("dataset") != "synthetic":
+                    raise FileExistsError(f"{path} holds a {meta.get('dataset')!r} dataset, not "
+                                          "the synthetic demo; move it away or pass another path")
+            if meta is not None and _matches(meta, rows, seed):
+                print(f"synthetic dataset: reusing {path} ({rows:,} rows, seed {seed})", flush=True)
+                return path
+            why = "regenerating (parameters changed)" if meta is not None else "generating"
+            print(f"synthetic dataset: {why} {path} ({rows:,} rows, seed {seed}) ...",
+                  end="", flush=True)
+            t0 = time.perf_counter()
+            generate_dataset(path, rows, seed=seed, overwrite=path.exists(), progress=False)
+            print(f" done in {time.perf_counter() - t0:.1f} s", flush=True)
+            return path
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---- CLI ----------------------------------------------------------------------------------
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+
+
+def parse_rows(text: str | int) -> int:
+    """``1000000``, ``1_000_000``, ``1m``, ``500k``, ``2.5M``, ``1e6`` -> rows."""
+    if isinstance(text, int):
+        return _check_rows(text)
+    m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmgb]?)\s*", str(text).lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a row count: {text!r} (e.g. 1000000, 500k, 1m)")
+    value = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2)]
+    if value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole row count: {text!r}")
+    return int(value)
+
+
+def _check_rows(rows: int) -> int:
+    if int(rows) != rows or rows < 1:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    return int(rows)
+
+
+def _parse_split(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a split: {text!r} (e.g. 0.9,0.1)") from None
+
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``ctr-preprocess synth`` flags to ``parser`` (see :func:`synth_main`)."""
+    d = SynthConfig()
+    parser.add_argument("--rows", type=parse_rows, default=DEMO_ROWS,
+                        help=f"rows to generate, e.g. 1000000, 500k, 1m (default {DEMO_ROWS:,})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the "
+                        "planted model (default 0)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output dataset directory, or .tsv/.tsv.gz file with --format tsv "
+                             "(default data/synthetic-ROWS[.tsv])")
+    parser.add_argument("--format", choices=("dataset", "tsv"), default="dataset",
+                        help="dataset: processed dataset, ready for ctr-train; tsv: raw Criteo "
+                             "TSV for ctr-preprocess (default dataset)")
+    parser.add_argument("--split", type=_parse_split, default=(0.9, 0.1),
+                        help="train,test (or train,valid,test) fractions for --format dataset "
+                             "(default 0.9,0.1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = parser.add_argument_group("planted model")
+    g.add_argument("--positive-rate", type=float, default=d.positive_rate,
+                   help=f"mean click probability (default {d.positive_rate})")
+    g.add_argument("--sd-first", type=float, default=d.sd_first,
+                   help=f"std of the per-id first-order effects (default {d.sd_first})")
+    g.add_argument("--sd-fm", type=float, default=d.sd_fm,
+                   help=f"std of the pairwise latent interactions (default {d.sd_fm})")
+    g.add_argument("--sd-dense", type=float, default=d.sd_dense,
+                   help=f"std of the linear dense term (default {d.sd_dense})")
+    g.add_argument("--sd-nonlinear", type=float, default=d.sd_nonlinear,
+                   help=f"std of the nonlinear term (default {d.sd_nonlinear})")
+    g.add_argument("--fm-dim", type=int, default=d.fm_dim,
+                   help=f"latent dimension of the planted interactions (default {d.fm_dim})")
+    g.add_argument("--zipf", type=float, default=d.zipf,
+                   help=f"Zipf exponent of id frequencies (default {d.zipf})")
+    g.add_argument("--vocab-scale", type=float, default=d.vocab_scale,
+                   help="multiplies the id support of the huge fields; larger = rarer ids "
+                        f"(default {d.vocab_scale})")
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("positive_rate", "sd_first", "sd_fm", "sd_dense", "sd_nonlinear", "fm_dim", "zipf",
+            "vocab_scale")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _rows_tag(rows: int) -> str:
+    for suf, mult in (("g", 10**9), ("m", 10**6), ("k", 10**3)):
+        if rows % mult == 0:
+            return f"{rows // mult}{suf}"
+    return str(rows)
+
+
+def synth_main(args: argparse.Namespace) -> int:
+    """Runs ``ctr-preprocess synth``; returns the exit status."""
+    progress = not args.quiet
+    kw = _model_kwargs(args)
+    out = args.out
+    if args.format == "tsv":
+        out = Path(out) if out is not None else Path("data") / f"synthetic-{_rows_tag(args.rows)}.tsv"
+        if out.exists() and not args.overwrite:
+            print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
+            return 2
+        if out.is_dir():
+            print(f"error: {out} is a directory", file=sys.stderr)
+            return 2
+        info = write_raw_criteo_tsv(out, args.rows, seed=args.seed, progress=progress, **kw)
+        print(f"wrote {out}: {info['rows']:,} rows, {info['bytes'] / 2**20:,.1f} MiB, "
+              f"positive rate {info['positive_rate']:.4f}, {info['rows_per_second']:,.0f} rows/s")
+        return 0
+    out = Path(out) if out is not None else Path("data") / f"synthetic-{_rows_tag(args.rows)}"
+    try:
+        meta = generate_dataset(out, args.rows, seed=args.seed, split=args.split,
+                                overwrite=args.overwrite, progress=progress, **kw)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    secs = meta["synthetic"]["seconds"]
+    oracle = meta["oracle"]
+    auc = f"{oracle['test_auc']:.4f}" if oracle.get("test_auc") is not None else "n/a"
+    print(f"wrote {out}: {args.rows:,} rows, positive rate {meta.get('positive_rate', 0):.4f}, "
+          f"oracle test AUC {auc}, {args.rows / secs:,.0f} rows/s")
+    return 0
+
+
+if __name__ == "__main__":  # python -m ctr.data.synth ...
+    _p = argparse.ArgumentParser(prog="python -m ctr.data.synth", description=__doc__.split("\n")[0])
+    add_synth_arguments(_p)
+    sys.exit(synth_main(_p.parse_args()))

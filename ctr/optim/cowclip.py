@@ -1,0 +1,267 @@
+"""CowClip: adaptive column-wise (per embedding row) gradient clipping.
+
+Algorithm 1 of Zheng et al., "CowClip: Reducing CTR Prediction Model Training Time from
+12 hours to 10 minutes on 1 GPU" (AAAI 2023), for one embedding table (one field)::
+
+    cnt_i     = number of samples of the (global) batch whose id in this field is i
+                (rows absent from the batch count as cnt = 1, see below)
+    thr_i     = cnt_i * max(r * ||w_i||, zeta)                   lower_bound="paper"
+    thr_i     = r * cnt_i * max(||w_i||, r * sqrt(d) * zeta)     lower_bound="reference"
+    g_i      <- g_i * min(1, thr_i / ||g_i||)                    (a zero row stays zero)
+
+Two lower bounds
+----------------
+``"paper"`` is Algorithm 1 as printed. ``"reference"`` is what bytedance/LargeBatchCTR runs
+(TensorFlow, ``clip.py`` + ``train.py``; checked against the public source):
+
+* ``train.py`` computes ``lower_bound = args.clip * sqrt(args.sparse_embed_dim) * args.bound``,
+  i.e. ``r * sqrt(d) * zeta`` -- zeta is meant *per element*, so a row whose every element is
+  zeta has norm ``sqrt(d) * zeta`` -- and passes it as ``min_w`` together with ``ratio = r``;
+* ``cow_clip`` / ``clip_id_norm`` in ``clip.py`` take the row norms of the whole table
+  ``clipnorm = max(||w_i||, min_w)``, build a count vector of ones for every row and scatter
+  the batch's ``tf.unique_with_counts`` counts into it (absent rows keep count 1), multiply
+  ``clipnorm *= cnt`` and then ``clip_t = ratio * clipnorm``;
+* the clipped gradient is ``g * clip_t / max(||g||, clip_t)`` where ``||g||`` is computed from
+  the row's sum of squares with zero sums replaced by 1 (so a zero row gives 0, never NaN).
+
+Hence ``thr = r * cnt * max(||w||, r * sqrt(d) * zeta)``: r multiplies both the weight norm
+and the floor, and the floor is ``sqrt(d)`` times larger than the paper's. With r = 1
+(every published run) the two variants differ only by that ``sqrt(d)`` (sqrt(10) = 3.16 at
+the paper's d = 10) on rows whose norm is below the floor.
+
+Why the whole table
+-------------------
+The reference's L2 is Keras ``l2(lambda)`` on the Embedding layer, ``lambda * sum(W**2)`` over
+the whole table, added to the loss before ``tape.gradient``; every row therefore has a dense
+gradient each step and the clip runs on the full ``[R, d]`` gradient, including the L2 term,
+with cnt = 1 for rows the batch does not contain. First-order ("linear") embedding tables are
+not clipped (``if 'linear' in w.name: skip``); that choice belongs to the caller.
+
+A sparse fast path (:func:`cowclip_sparse_`) clips only the rows present in the batch. It is
+exact whenever the gradient of every absent row is zero or the pure L2 term ``2*lambda*w``
+with ``2*lambda <= r`` (then ``||g|| = 2*lambda*||w|| <= r*||w|| <= thr`` and the full-table
+clip leaves those rows untouched) -- true of every published configuration (lambda <= 1.28e-3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LOWER_BOUNDS",
+    "CowClipConfig",
+    "count_ids",
+    "cowclip_threshold",
+    "cowclip_",
+    "cowclip_sparse_",
+]
+
+LOWER_BOUNDS = ("paper", "reference")
+
+
+@dataclass
+class CowClipConfig:
+    """CowClip settings: ``r`` (ratio), ``zeta`` (lower bound), which lower-bound formula."""
+
+    enabled: bool = False
+    r: float = 1.0
+    zeta: float = 1e-5
+    lower_bound: str = "paper"
+
+    def __post_init__(self) -> None:
+        self.r = float(self.r)
+        self.zeta = float(self.zeta)
+        _check_params(self.r, self.zeta, self.lower_bound)
+
+    def kwargs(self) -> dict:
+        """``cowclip_(grad, weight, counts, **cfg.kwargs())``."""
+        return {"r": self.r, "zeta": self.zeta, "lower_bound": self.lower_bound}
+
+
+def _check_params(r: float, zeta: float, lower_bound: str) -> None:
+    if lower_bound not in LOWER_BOUNDS:
+        raise ValueError(f"lower_bound must be one of {LOWER_BOUNDS}, got {lower_bound!r}")
+    if not (math.isfinite(r) and r > 0):
+        raise ValueError(f"CowClip r must be a positive finite number, got {r!r}")
+    if not (math.isfinite(zeta) and zeta >= 0):
+        raise ValueError(f"CowClip zeta must be a non-negative finite number, got {zeta!r}")
+
+
+def count_ids(ids: Tensor, num_rows: int, row_offset: int = 0) -> Tensor:
+    """Occurrences of each row id of one table in a batch: ``int64 Tensor[num_rows]``.
+
+    ``ids`` holds one field's ids for every sample of the (global) batch (any shape; every
+    element counts once, so with one id per sample per field the count is the number of
+    samples containing the id). Only ids in ``[row_offset, row_offset + num_rows)`` are
+    counted -- a row-wise shard holding that range -- and ``out[k]`` is the count of id
+    ``row_offset + k``; ids outside are ignored. Absent rows get 0 (``cowclip_`` treats 0 as 1).
+
+    One ``index_add_`` into a spill-bin vector: no host sync, works on CPU and CUDA.
+    """
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
+    num_rows = int(num_rows)
+    if num_rows < 0:
+        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
+    local = ids.reshape(-1).long() - int(row_offset)
+    inside = (local >= 0) & (local < num_rows)
+    pos = torch.where(inside, local, torch.full_like(local, num_rows))   # outside -> spill bin
+    counts = torch.zeros(num_rows + 1, dtype=torch.int64, device=ids.device)
+    counts.index_add_(0, pos, torch.ones_like(pos))
+    return counts[:num_rows]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # norms of half / bfloat16 rows are accumulated in float32
+    return torch.promote_types(dtype, torch.float32)
+
+
+# CPU: rows are processed in blocks of about this many elements (4 MB of float32), so that a
+# block of w and g is read from memory once and its temporaries stay in cache. Other devices
+# (CUDA) take the whole table in one go: no Python loop, no host synchronisation.
+_CPU_BLOCK_ELEMENTS = 1 << 20
+
+
+def _block_rows(rows: int, d: int, device: torch.device, block_rows: int | None) -> int:
+    if block_rows is not None:
+        if int(block_rows) < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        return int(block_rows)
+    if device.type != "cpu":
+        return max(rows, 1)
+    return max(1, _CPU_BLOCK_ELEMENTS // max(d, 1))
+
+
+def _row_norms_(x: Tensor, ones: Tensor, sq: Tensor, out: Tensor) -> Tensor:
+    """out <- ||x_i|| per row; ``sq`` is a scratch buffer of x's shape (compute dtype)."""
+    torch.mul(x, x, out=sq)               # a strided reduction over d = 10 is slow on CPU:
+    torch.mv(sq, ones, out=out)           # square into scratch, then one gemv
+    return out.sqrt_()
+
+
+def _threshold_(wnorm: Tensor, counts: Tensor, r: float, zeta: float, lower_bound: str,
+                d: int) -> Tensor:
+    """In place on ``wnorm`` (= ||w_i||): the CowClip threshold, counts of 0 taken as 1."""
+    if counts.is_floating_point():
+        cnt = torch.where(counts == 0, torch.ones_like(counts), counts).to(wnorm.dtype)
+    else:
+        cnt = counts.clamp_min(1).to(wnorm.dtype)
+    if lower_bound == "paper":            # cnt * max(r * ||w||, zeta)
+        return wnorm.mul_(r).clamp_min_(zeta).mul_(cnt)
+    # reference (LargeBatchCTR): r * cnt * max(||w||, r * sqrt(d) * zeta)
+    return wnorm.clamp_min_(r * math.sqrt(d) * zeta).mul_(cnt).mul_(r)
+
+
+def _check_shapes(grad: Tensor | None, weight: Tensor, counts: Tensor) -> None:
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [rows, dim], got shape {tuple(weight.shape)}")
+    if grad is not None and (grad.dim() != 2 or grad.shape != weight.shape):
+        raise ValueError(f"grad and weight must be 2-D of one shape, got {tuple(grad.shape)} "
+                         f"and {tuple(weight.shape)}")
+    if counts.shape != weight.shape[:1]:
+        raise ValueError(f"counts must have shape ({weight.shape[0]},), got {tuple(counts.shape)}")
+    if counts.device != weight.device or (grad is not None and grad.device != weight.device):
+        raise ValueError("grad, weight and counts must be on one device")
+
+
+@torch.no_grad()
+def cowclip_threshold(weight: Tensor, counts: Tensor, r: float = 1.0, zeta: float = 1e-5,
+                      lower_bound: str = "paper", dtype: torch.dtype | None = None) -> Tensor:
+    """The per-row clipping threshold ``Tensor[R]`` (see the module docstring).
+
+    ``counts`` of 0 are treated as 1 (rows absent from the batch, the reference regime).
+    """
+    r, zeta = float(r), float(zeta)
+    _check_params(r, zeta, lower_bound)
+    _check_shapes(None, weight, counts)
+    dtype = dtype or _compute_dtype(weight.dtype)
+    wnorm = torch.linalg.vector_norm(weight, dim=1, dtype=dtype)
+    return _threshold_(wnorm, counts, r, zeta, lower_bound, weight.shape[1])
+
+
+@torch.no_grad()
+def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta: float = 1e-5,
+             lower_bound: str = "paper", block_rows: int | None = None) -> Tensor:
+    """CowClip one table's gradient in place; returns the per-row scale applied, ``Tensor[R]``.
+
+    ``grad``, ``weight``: ``[R, d]`` (the whole table, or a row-wise shard of it, or any
+    aligned rows; ``grad`` may be a strided view, it is modified in place). ``counts``:
+    ``[R]``, int or float, the number of samples of the global batch containing each row's
+    id (:func:`count_ids`); 0 counts as 1. Per row::
+
+        thr   = cnt * max(r * ||w||, zeta)                  lower_bound="paper"
+              = r * cnt * max(||w||, r * sqrt(d) * zeta)    lower_bound="reference"
+        scale = min(1, thr / ||g||)      (1 for a zero gradient row: no NaN / inf)
+        g    *= scale
+
+    The scale has the compute dtype (float32 for half / bfloat16 gradients, else the
+    gradient's). Vectorised over rows; device-agnostic and free of host synchronisation. On
+    CPU the rows go in blocks of ~1M elements (``block_rows`` overrides; on other devices the
+    default is one block, the whole table) so each block of w and g is read from memory once:
+    two row norms (square into a cache-resident scratch + one gemv each), a few vector ops on
+    ``[block]`` and one broadcast multiply.
+
+    Measured on this project's machine (2 shared vCPUs, torch 2.13 CPU), 6,000,000 x 10
+    float32 table, random counts: ~XXX.
+    """
+    r, zeta = float(r), float(zeta)
+    _check_params(r, zeta, lower_bound)
+    _check_shapes(grad, weight, counts)
+    rows, d = grad.shape
+    dtype = _compute_dtype(grad.dtype)
+    device = grad.device
+    scale = torch.empty(rows, dtype=dtype, device=device)
+    if rows == 0:
+        return scale
+    step = min(_block_rows(rows, d, device, block_rows), rows)
+    ones = torch.ones(d, dtype=dtype, device=device)
+    sq = torch.empty(step, d, dtype=dtype, device=device)
+    gnorm_buf = torch.empty(step, dtype=dtype, device=device)
+    den_buf = torch.empty(step, dtype=dtype, device=device)
+    for lo in range(0, rows, step):       # one iteration on CUDA; blocks of ~1M elements on CPU
+        hi = min(lo + step, rows)
+        n = hi - lo
+        g = grad[lo:hi]
+        w = weight[lo:hi]
+        if w.dtype != dtype:
+            w = w.to(dtype)
+        thr = scale[lo:hi]                # the threshold is built in the output's storage
+        _row_norms_(w, ones, sq[:n], thr)
+        _threshold_(thr, counts[lo:hi], r, zeta, lower_bound, d)
+        gnorm = _row_norms_(g if g.dtype == dtype else g.to(dtype), ones, sq[:n], gnorm_buf[:n])
+        # scale = thr / max(||g||, thr) = min(1, thr / ||g||) when ||g|| > 0; the only 0/0
+        # (||g|| = thr = 0) and every zero gradient row get scale 1
+        thr.div_(torch.maximum(gnorm, thr, out=den_buf[:n]))
+        thr.masked_fill_(gnorm == 0, 1.0)
+        g.mul_(thr.unsqueeze(1))
+    return scale
+
+
+@torch.no_grad()
+def cowclip_sparse_(grad: Tensor, weight: Tensor, ids: Tensor, r: float = 1.0,
+                    zeta: float = 1e-5, lower_bound: str = "paper",
+                    row_offset: int = 0) -> tuple[Tensor, Tensor]:
+    """CowClip only the rows present in the batch; returns ``(rows, scale)`` (local rows).
+
+    ``ids``: one field's ids for the global batch; ids outside ``[row_offset, row_offset + R)``
+    are ignored (row-wise shard). Rows absent from the batch are left untouched: identical to
+    :func:`cowclip_` when their gradient is zero or only the L2 term ``2*lambda*w`` with
+    ``2*lambda <= r`` (see the module docstring). Work is O(batch) instead of O(R), but
+    ``torch.unique`` makes one host synchronisation on CUDA.
+    """
+    if grad.dim() != 2 or weight.shape != grad.shape:
+        raise ValueError(f"grad and weight must be 2-D of one shape, got {tuple(grad.shape)} "
+                         f"and {tuple(weight.shape)}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
+    local = ids.reshape(-1).long() - int(row_offset)
+    local = local[(local >= 0) & (local < grad.shape[0])]
+    rows, counts = torch.unique(local, return_counts=True)
+    g = grad.index_select(0, rows)
+    scale = cowclip_(g, weight.index_select(0, rows), counts, r, zeta, lower_bound)
+    grad.index_copy_(0, rows, g)
+    return rows, scale

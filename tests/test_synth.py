@@ -1,0 +1,270 @@
+"""Synthetic Criteo generator (ctr.data.synth): determinism, oracle, TSV layout, splits, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ctr.data import synth
+from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, read_meta, split_files
+from ctr.data.transforms import DenseStats, apply_dense_transform
+
+ROWS = 20_000
+HEX8 = re.compile(r"[0-9a-f]{8}")
+
+
+def _split_table(path, split):
+    return pq.read_table(split_files(path, split))
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    """One small dataset (seed 7), shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    meta = synth.generate_dataset(out, ROWS, seed=7, progress=False)
+    return out, meta
+
+
+def test_dataset_schema_and_meta(ds):
+    path, meta = ds
+    stored = read_meta(path)
+    assert stored["dataset"] == "synthetic" and stored["label"] == "label"
+    assert stored["dense_fields"] == CRITEO_DENSE and stored["sparse_fields"] == CRITEO_SPARSE
+    assert stored["seed"] == 7 and stored["synthetic"]["rows"] == ROWS
+    assert stored["synthetic"]["version"] == synth.GENERATOR_VERSION
+    assert stored["dense_transform"]["kind"] == "minmax"
+    assert stored["categorical_encoding"] == {"kind": "label"}
+    assert stored["split_aliases"]["valid"] == "test"
+    t = _split_table(path, "train")
+    types = {f.name: str(f.type) for f in t.schema}
+    assert types["label"] == "float" and types[synth.ORACLE_COLUMN] == "float"
+    assert all(types[f] == "float" for f in CRITEO_DENSE)
+    assert all(types[f] == "int32" for f in CRITEO_SPARSE)
+    for split in ("train", "test"):
+        t = _split_table(path, split)
+        for f in CRITEO_SPARSE:
+            col = t[f].to_numpy()
+            assert col.min() >= 0 and col.max() < stored["vocab_sizes"][f]
+        for f in CRITEO_DENSE:
+            col = t[f].to_numpy()
+            assert col.min() >= 0.0 and col.max() <= 1.0
+    # vocab_sizes is max id + 1 over all rows
+    both = [_split_table(path, s) for s in ("train", "test")]
+    for f in CRITEO_SPARSE:
+        assert stored["vocab_sizes"][f] == max(int(t[f].to_numpy().max()) for t in both) + 1
+    # a huge field keeps a realistic share of rare ids at small sizes
+    c3 = np.concatenate([t["C3"].to_numpy() for t in both])
+    _, counts = np.unique(c3[c3 > 0], return_counts=True)
+    assert (counts == 1).mean() > 0.5
+
+
+def test_oracle_matches_stored_probabilities(ds):
+    path, meta = ds
+    t = _split_table(path, "test")
+    y, p = t["label"].to_numpy(), t[synth.ORACLE_COLUMN].to_numpy()
+    assert meta["oracle"]["test_auc"] == roc_auc_score(y, p)
+    assert 0.75 < meta["oracle"]["test_auc"] < 0.95
+    assert 0.2 < meta["positive_rate"] < 0.3
+    assert abs(meta["positive_rate"] - meta["synthetic"]["model"]["positive_rate"]) < 0.02
+    # the stored p are the generator's p for the very same rows (in some split order)
+    model = synth.PlantedModel(7, ROWS)
+    p_all = np.concatenate([model.chunk(i).p for i in range(model.num_chunks())]).astype(np.float32)
+    stored = np.concatenate([_split_table(path, s)[synth.ORACLE_COLUMN].to_numpy()
+                             for s in ("train", "test")])
+    np.testing.assert_array_equal(np.sort(stored), np.sort(p_all))
+
+
+def test_exact_split_sizes(tmp_path):
+    meta = synth.generate_dataset(tmp_path / "a", 10_001, seed=1, progress=False)
+    assert meta["splits"]["train"]["rows"] == 9_001 and meta["splits"]["test"]["rows"] == 1_000
+    meta = synth.generate_dataset(tmp_path / "b", 10_001, seed=1, split=(0.8, 0.1, 0.1),
+                                  progress=False)
+    assert [meta["splits"][s]["rows"] for s in ("train", "valid", "test")] == [8_001, 1_000, 1_000]
+    assert "valid" not in meta["split_aliases"]
+    with pytest.raises(FileExistsError):
+        synth.generate_dataset(tmp_path / "b", 10_001, seed=1, progress=False)
+
+
+def test_dataset_determinism(ds, tmp_path):
+    path, meta = ds
+    again = synth.generate_dataset(tmp_path / "again", ROWS, seed=7, progress=False)
+    other = synth.generate_dataset(tmp_path / "other", ROWS, seed=8, progress=False)
+    for split in ("train", "test"):
+        assert _split_table(path, split).equals(_split_table(tmp_path / "again", split))
+        assert not _split_table(path, split).equals(_split_table(tmp_path / "other", split))
+    strip = lambda m: {k: v for k, v in m.items() if k != "synthetic"}  # noqa: E731
+    assert strip(again) == strip(meta)
+    assert again["synthetic"]["intercept"] == meta["synthetic"]["intercept"]
+    assert other["synthetic"]["intercept"] != meta["synthetic"]["intercept"]
+
+
+def test_tsv_layout_determinism_and_agreement_with_dataset(tmp_path):
+    rows = 6_000
+    a, b, c = tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "c.tsv"
+    info = synth.write_raw_criteo_tsv(a, rows, seed=3, progress=False)
+    synth.write_raw_criteo_tsv(b, rows, seed=3, progress=False)
+    synth.write_raw_criteo_tsv(c, rows, seed=4, progress=False)
+    data = a.read_bytes()
+    assert data == b.read_bytes() and data != c.read_bytes()
+    assert info["rows"] == rows and info["bytes"] == len(data)
+    assert not list(tmp_path.glob(".*tmp*"))
+    lines = data.decode("ascii").split("\n")
+    assert lines[-1] == "" and len(lines) == rows + 1
+    labels, dense, cats = [], [], []
+    for line in lines[:-1]:
+        f = line.split("\t")
+        assert len(f) == 40
+        assert f[0] in ("0", "1")
+        for v in f[1:14]:
+            assert v == "" or re.fullmatch(r"-?[0-9]+", v)
+        for v in f[14:]:
+            assert v == "" or HEX8.fullmatch(v)
+        labels.append(int(f[0]))
+        dense.append([float(v) if v else np.nan for v in f[1:14]])
+        cats.append(f[14:])
+    dense = np.array(dense)
+    cats = np.array(cats)
+    assert info["positives"] == sum(labels)
+    assert dense[:, 1].min() >= -3 and np.nanmin(np.delete(dense, 1, axis=1)) >= 0
+    # Criteo-like missing rates (I12 77%, I1 45%, I2 never; C22 76%, C1 never)
+    miss = np.isnan(dense).mean(axis=0)
+    assert abs(miss[11] - 0.77) < 0.03 and abs(miss[0] - 0.45) < 0.03 and miss[1] == 0
+    cmiss = (cats == "").mean(axis=0)
+    assert abs(cmiss[21] - 0.76) < 0.03 and cmiss[0] == 0
+    # the dataset of the same (rows, seed), all rows in train and so in generation order, is
+    # what ctr-preprocess makes of this TSV: same labels, same minmax dense, ids a relabelling
+    out = synth.generate_dataset(tmp_path / "ds", rows, seed=3, split=(1.0, 0.0), progress=False)
+    t = _split_table(tmp_path / "ds", "train")
+    np.testing.assert_array_equal(t["label"].to_numpy(), np.array(labels, dtype=np.float32))
+    stats = DenseStats(CRITEO_DENSE)
+    stats.update(dense)
+    assert stats.params("minmax") == out["dense_transform"]["params"]
+    x = apply_dense_transform(dense, "minmax", stats.params("minmax"), CRITEO_DENSE)
+    for j, f in enumerate(CRITEO_DENSE):
+        np.testing.assert_array_equal(t[f].to_numpy(), x[:, j])
+    for j, f in enumerate(CRITEO_SPARSE):
+        ids = t[f].to_numpy()
+        assert ((ids == 0) == (cats[:, j] == "")).all()
+        pairs = set(zip(ids.tolist(), cats[:, j].tolist()))
+        assert len(pairs) == len(set(ids.tolist())) == len(set(cats[:, j].tolist()))
+
+
+def test_tsv_gzip(tmp_path):
+    import gzip
+    synth.write_raw_criteo_tsv(tmp_path / "p.tsv", 3_000, seed=5, progress=False)
+    synth.write_raw_criteo_tsv(tmp_path / "p.tsv.gz", 3_000, seed=5, progress=False)
+    assert gzip.decompress((tmp_path / "p.tsv.gz").read_bytes()) == (tmp_path / "p.tsv").read_bytes()
+
+
+def test_rare_ids_carry_signal():
+    model = synth.PlantedModel(11, 1_000_000)
+    ids = model.chunk(0).ids
+    for field in ("C3", "C12", "C21"):
+        j = CRITEO_SPARSE.index(field)
+        col = ids[:, j][ids[:, j] > 0]
+        uniq, counts = np.unique(col, return_counts=True)
+        effects = model.effects(field)
+        once = effects[uniq[counts == 1]]
+        frequent = effects[uniq[counts >= 20]]
+        assert len(once) > 10_000 and len(frequent) > 100
+        ratio = once.var() / frequent.var()
+        assert 0.6 < ratio < 1.6, (field, ratio)
+        assert abs(once.std() - effects[1:].std()) < 0.1 * effects[1:].std()
+
+
+def test_parameters_do_not_depend_on_row_count():
+    small, big = synth.PlantedModel(5, 10_000), synth.PlantedModel(5, 5_000_000)
+    assert small.support["C3"] < big.support["C3"]
+    assert small.intercept == big.intercept
+    np.testing.assert_array_equal(small.scales, big.scales)
+    for f in ("C1", "C3", "C26"):
+        e_small, e_big = small.effects(f), big.effects(f)
+        np.testing.assert_array_equal(e_small, e_big[:len(e_small)])
+    # the same raw rows get the same planted probability from both
+    ch = small.chunk(0)
+    np.testing.assert_array_equal(small.logit(ch.dense, ch.ids), big.logit(ch.dense, ch.ids))
+
+
+def test_support_rule():
+    s = synth.support_sizes(1_000_000)
+    assert s["C1"] == 1460 and s["C10"] == 93145                       # real size kept
+    assert s["C3"] == int(np.ceil(10131227 * 1_000_000 / synth.CRITEO_ROWS))
+    assert synth.support_sizes(1_000)["C3"] == 100_000                  # floor
+    assert synth.support_sizes(10**9)["C3"] == 10131227                 # cap
+
+
+def test_zipf_sampler_is_exact_inverse_cdf():
+    rng = np.random.default_rng(0)
+    for n in (3, 100, 5000, 300_000):
+        s = synth._ZipfSampler(n, 1.05)
+        u = rng.random(50_000)
+        expect = np.minimum(np.searchsorted(s.cdf, u, side="right"), n - 1)
+        np.testing.assert_array_equal(s.sample(u), expect)
+
+
+def test_ensure_demo_dataset_reuses(tmp_path, capsys):
+    path = tmp_path / "demo"
+    assert synth.ensure_demo_dataset(path, rows=3_000, seed=0) == path
+    first = capsys.readouterr().out
+    assert "generating" in first and first.count("\n") == 1
+    stamp = (path / "meta.json").stat().st_mtime_ns
+    synth.ensure_demo_dataset(path, rows=3_000, seed=0)
+    out = capsys.readouterr().out
+    assert "reusing" in out and out.count("\n") == 1
+    assert (path / "meta.json").stat().st_mtime_ns == stamp
+    synth.ensure_demo_dataset(path, rows=4_000, seed=0)                # other rows: regenerated
+    assert "regenerating" in capsys.readouterr().out
+    assert read_meta(path)["synthetic"]["rows"] == 4_000
+    other = tmp_path / "not-synthetic"
+    other.mkdir()
+    (other / "something.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        synth.ensure_demo_dataset(other, rows=3_000)
+
+
+def test_demo_defaults():
+    assert synth.DEMO_DIR.name == "synthetic-demo" and synth.DEMO_DIR.parent.name == "data"
+    assert (synth.DEMO_DIR.parents[1] / "ctr" / "data" / "synth.py").is_file()
+    assert 500_000 <= synth.DEMO_ROWS <= 2_000_000
+
+
+@pytest.mark.parametrize("text,rows", [("1000000", 1_000_000), ("1m", 1_000_000),
+                                       ("500k", 500_000), ("2.5M", 2_500_000),
+                                       ("1_000", 1_000), ("1e6", 1_000_000)])
+def test_parse_rows(text, rows):
+    assert synth.parse_rows(text) == rows
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0", "1.5", "-3", "1x"])
+def test_parse_rows_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        synth.parse_rows(text)
+
+
+def test_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    synth.add_synth_arguments(parser)
+    tsv = tmp_path / "s.tsv"
+    args = parser.parse_args(["--rows", "2k", "--format", "tsv", "--out", str(tsv), "--quiet"])
+    assert synth.synth_main(args) == 0 and len(tsv.read_bytes().split(b"\n")) == 2_001
+    assert synth.synth_main(args) != 0                                # exists, no --overwrite
+    assert "exists" in capsys.readouterr().err
+    args = parser.parse_args(["--rows", "2k", "--format", "tsv", "--out", str(tsv), "--quiet",
+                              "--overwrite", "--seed", "1"])
+    assert synth.synth_main(args) == 0
+    out = tmp_path / "ds"
+    args = parser.parse_args(["--rows", "3000", "--out", str(out), "--quiet", "--seed", "2",
+                              "--positive-rate", "0.1", "--fm-dim", "2"])
+    assert synth.synth_main(args) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["synthetic"]["model"]["positive_rate"] == 0.1
+    assert meta["synthetic"]["model"]["fm_dim"] == 2
+    assert meta["positive_rate"] < 0.16
+    with pytest.raises(TypeError):
+        synth.generate_dataset(tmp_path / "x", 100, no_such_knob=1)
