@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from ctr.data.dataset import LABEL, DatasetWriter, read_meta
 from ctr.data.encoding import CategoricalEncoder
-from ctr.data.readers import BLOCK_BYTES, RawFormat, RawInputError, RawReader, detect_format
+from ctr.data.readers import BLOCK_BYTES, RawInputError, RawReader, detect_format
 from ctr.data.transforms import DenseStats, apply_dense_transform, check_transform
 
 SPLIT_KINDS = ("random", "sequential")
@@ -142,8 +142,8 @@ class _Progress:
     def update(self, nbytes: int, rows: int) -> None:
         self.rows += rows
         if self.bar is not None:
-            self.bar.update(nbytes)
             self.bar.set_postfix_str(f"{self.rows:,} rows, {self.rate:,.0f} rows/s", refresh=False)
+            self.bar.update(nbytes)
 
     @property
     def seconds(self) -> float:
@@ -391,8 +391,9 @@ def format_summary(meta: dict[str, Any], out: str | os.PathLike | None = None) -
         lines.append("no label column (unlabelled input)")
     vs = meta.get("vocab_sizes", {})
     enc = meta.get("categorical_encoding", {})
-    enc_s = enc.get("kind", "?") + (f" (min_count {enc['min_count']})" if enc.get("min_count") else "") \
-        + (f" ({enc['buckets']} buckets)" if enc.get("buckets") else "")
+    kind = enc.get("kind", "?")
+    enc_s = (f"min_count={enc.get('min_count')}" if kind == "min_count"
+             else f"hash, {enc.get('buckets')} buckets" if kind == "hash" else "label encoding")
     lines.append(f"vocabularies ({enc_s}, total {sum(vs.values()):,}): "
                  + ", ".join(f"{k} {v:,}" for k, v in vs.items()))
     lines.append(f"dense: {len(meta.get('dense_fields', []))} fields, "

@@ -45,8 +45,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -85,8 +84,8 @@ class RawInputError(ValueError):
 
 
 def _err(path: str | os.PathLike, line: int | None, problem: str,
-         skippable: bool = False) -> RawInputError:
-    where = f"{path}: line {line}: " if line is not None else f"{path}: "
+         skippable: bool = False, unit: str = "line") -> RawInputError:
+    where = f"{path}: {unit} {line}: " if line is not None else f"{path}: "
     return RawInputError(where + problem, skippable)
 
 
@@ -182,9 +181,10 @@ def iter_byte_blocks(path: str | os.PathLike, compression: str | None, skip_head
             if cut == 0:  # a line longer than a block: keep reading
                 parts = [buf]
                 continue
-            yield ByteBlock(buf[:cut], line, raw_pos)
-            line += buf.count(b"\n", 0, cut)
             rest = buf[cut:]
+            # plain files: exactly the bytes of this block; gzip: compressed bytes read so far
+            yield ByteBlock(buf[:cut], line, raw_pos - (len(rest) if compression is None else 0))
+            line += buf.count(b"\n", 0, cut)
             parts, size = ([rest] if rest else []), len(rest)
     except EOFError as e:
         pending = b"".join(parts)
@@ -408,6 +408,11 @@ def _detect_text(path: str, comp: str | None, fmt: str) -> RawFormat:
         raise _err(path, 1, "neither TAB- nor comma-separated; cannot detect the format")
     fields = first.rstrip("\r").split(delim)
     header = _looks_like_header(fields)
+    if not header:  # the most common field count of the first lines, not a truncated first line
+        counts = [len(ln.rstrip("\r").split(delim)) for ln in nonempty]
+        common = max(sorted(set(counts)), key=counts.count)
+        if counts.count(common) > counts.count(len(fields)):
+            fields = nonempty[counts.index(common)].rstrip("\r").split(delim)
     if header:
         names = [f.strip().strip('"') for f in fields]
         if len(nonempty) < 2:
@@ -451,7 +456,7 @@ class RawBlock:
     """One parsed block of rows (bad rows already removed)."""
 
     path: str
-    first_line: int                    # 1-based line (Parquet: row) of the block's first line
+    first_line: int                    # 1-based line (Parquet: row) of the block's first row
     label: np.ndarray | None           # float32 [n], 0/1
     dense: np.ndarray                  # float64 [n, D], NaN = missing
     sparse: dict[str, pa.Array]        # field -> binary array [n] ("" / null = missing)
@@ -662,7 +667,8 @@ class RawReader:
     def _raise_first(self, bad: list[tuple[int, str]]) -> None:
         if bad and not self.skip_bad_rows:
             line, problem = min(bad)
-            raise _err(self.fmt.path, line, problem, skippable=True)
+            raise _err(self.fmt.path, line, problem, skippable=True,
+                       unit="row" if self.fmt.name == "parquet" else "line")
 
     def _text_block(self, bb: ByteBlock, labels: _LabelStream | None) -> RawBlock:
         f = self.fmt
@@ -782,10 +788,11 @@ class RawReader:
             raise _err(f.path, None, "Parquet file has no rows")
         size = os.path.getsize(f.path)
         cols = list(dict.fromkeys(self._read_cols + (["hour"] if f.avazu_hour and self.include_sparse else [])))
+        cols = cols or f.columns[:1]  # row counting only: read one column
         row = 1
         batch_rows = max(1 << 16, self.block_bytes // 256)
         try:
-            batches = pf.iter_batches(batch_size=batch_rows, columns=cols or None)
+            batches = pf.iter_batches(batch_size=batch_rows, columns=cols)
             for batch in batches:
                 n = batch.num_rows
                 yield self._parquet_block(pa.Table.from_batches([batch]), row,
