@@ -27,7 +27,8 @@ C12, C16, C21, C24, C26; up to 10M ids in Criteo) are scaled with the row count:
 
 so a small dataset keeps the real rows-per-id ratio of the full 45.8M-row log, where most ids
 of those fields occur once or a few times (at 1M rows about half of C3's distinct ids are
-singletons, and a fifth of its rows carry an id seen fewer than 10 times). ``vocab_sizes`` in meta is ``max id + 1``, the embedding table size needed.
+singletons, and a fifth of its rows carry an id seen fewer than 10 times). ``vocab_sizes``
+in meta is ``max id + 1``, the embedding table size needed.
 
 The planted model (labels)
 --------------------------
@@ -37,9 +38,10 @@ The planted model (labels)
 
 - ``first = sum_f w_f[id_f]``: a per-id effect for every id of every field (id 0 = missing has
   one too). ``w_f[k] ~ N(0, s_f^2)`` whatever the id's frequency: **rare ids carry as much
-  signal as frequent ones**. The field scales ``s_f`` are log-normal (``field_spread``), so a
-  few fields matter much more than others, as in real logs. That is the regime where large-batch training hurts (a rare
-  id's embedding gets few, diluted updates; CowClip's argument), so the data must not hide it.
+  signal as frequent ones**. That is the regime where large-batch training hurts (a rare
+  id's embedding gets few, diluted updates; CowClip's argument), so the data must not hide
+  it. The field scales ``s_f`` are log-normal (``field_spread``): a few fields matter much
+  more than the others, as in real logs.
 - ``fm = sum_{f<g} <v_f[id_f], v_g[id_g]>``: pairwise interactions of ``fm_dim``-dim latent
   factors, exactly what DeepFM's FM part can represent.
 - ``dense``: linear in ``x_j = (log1p(I_j) - log1p(median_j)) / sigma_j`` (0 if missing).
@@ -60,8 +62,9 @@ long tail revealed. The true probability is known, so meta.json records the orac
 
 At the defaults, on 1M rows: 25% positives, oracle test AUC ~0.857; one-hot logistic
 regression reaches ~0.76 and a DeepFM (dim 10, MLP 400x3, Adam, batch 4096) ~0.765 after its
-best (first) epoch: the gap is mostly the per-id effects of ids seen too rarely to estimate,
-which more data (or better large-batch training of rare ids) closes in part.
+best (first) epoch. The gap is mostly per-id effects that 1M rows cannot pin down (most ids
+are seen tens of times or fewer; the learners overfit them after one epoch) plus the dense
+terms, which minmax scaling hides; more data closes it in part.
 
 Example::
 
@@ -849,7 +852,11 @@ def ensure_demo_dataset(path: str | os.PathLike = DEMO_DIR, rows: int = DEMO_ROW
             print(f"synthetic dataset: {why} {path} ({rows:,} rows, seed {seed}) ...",
                   end="", flush=True)
             t0 = time.perf_counter()
-            generate_dataset(path, rows, seed=seed, overwrite=path.exists(), progress=False)
+            try:
+                generate_dataset(path, rows, seed=seed, overwrite=path.exists(), progress=False)
+            except BaseException:
+                print(" failed", flush=True)
+                raise
             print(f" done in {time.perf_counter() - t0:.1f} s", flush=True)
             return path
         finally:
