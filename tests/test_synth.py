@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from ctr.data import synth
 from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, read_meta, split_files
+from ctr.data.preprocess import preprocess
 from ctr.data.transforms import DenseStats, apply_dense_transform
 
 ROWS = 20_000
@@ -39,7 +40,7 @@ def test_dataset_schema_and_meta(ds):
     assert stored["seed"] == 7 and stored["synthetic"]["rows"] == ROWS
     assert stored["synthetic"]["version"] == synth.GENERATOR_VERSION
     assert stored["dense_transform"]["kind"] == "minmax"
-    assert stored["categorical_encoding"] == {"kind": "label"}
+    assert stored["categorical_encoding"] == {"kind": "label", "order": "frequency"}
     assert stored["split_aliases"]["valid"] == "test"
     t = _split_table(path, "train")
     types = {f.name: str(f.type) for f in t.schema}
@@ -54,10 +55,17 @@ def test_dataset_schema_and_meta(ds):
         for f in CRITEO_DENSE:
             col = t[f].to_numpy()
             assert col.min() >= 0.0 and col.max() <= 1.0
-    # vocab_sizes is max id + 1 over all rows
+    # label encoding over all rows: ids exactly 0..V-1, each of 1..V-1 used, by descending
+    # frequency (id 1 is the most frequent); V is far below the Zipf support of huge fields
     both = [_split_table(path, s) for s in ("train", "test")]
     for f in CRITEO_SPARSE:
-        assert stored["vocab_sizes"][f] == max(int(t[f].to_numpy().max()) for t in both) + 1
+        ids = np.concatenate([t[f].to_numpy() for t in both])
+        v = stored["vocab_sizes"][f]
+        counts = np.bincount(ids, minlength=v)
+        assert len(counts) == v and (counts[1:] > 0).all(), f
+        assert (np.diff(counts[1:]) <= 0).all(), f
+        assert v == 1 or counts[1] == counts[1:].max()
+    assert stored["vocab_sizes"]["C3"] < 0.5 * stored["synthetic"]["support"]["C3"]
     # a huge field keeps a realistic share of rare ids at small sizes
     c3 = np.concatenate([t["C3"].to_numpy() for t in both])
     _, counts = np.unique(c3[c3 > 0], return_counts=True)
@@ -139,6 +147,7 @@ def test_tsv_layout_determinism_and_agreement_with_dataset(tmp_path):
     assert abs(cmiss[21] - 0.76) < 0.03 and cmiss[0] == 0
     # the dataset of the same (rows, seed), all rows in train and so in generation order, is
     # what ctr-preprocess makes of this TSV: same labels, same minmax dense, ids a relabelling
+    # (checked on the parsed TSV here, against ctr-preprocess itself below)
     out = synth.generate_dataset(tmp_path / "ds", rows, seed=3, split=(1.0, 0.0), progress=False)
     t = _split_table(tmp_path / "ds", "train")
     np.testing.assert_array_equal(t["label"].to_numpy(), np.array(labels, dtype=np.float32))
@@ -153,6 +162,35 @@ def test_tsv_layout_determinism_and_agreement_with_dataset(tmp_path):
         assert ((ids == 0) == (cats[:, j] == "")).all()
         pairs = set(zip(ids.tolist(), cats[:, j].tolist()))
         assert len(pairs) == len(set(ids.tolist())) == len(set(cats[:, j].tolist()))
+    # ctr-preprocess on the TSV: same vocab sizes and the same count for every id. Both order
+    # ids by descending count; ties go by Zipf rank here, by hex key there, so ids agree
+    # exactly where the count is unique in the field and otherwise within the tied block.
+    pp = preprocess(a, tmp_path / "pp", split="sequential:1.0", progress=False)
+    assert pp["vocab_sizes"] == out["vocab_sizes"]
+    assert pp["categorical_encoding"]["kind"] == out["categorical_encoding"]["kind"] == "label"
+    tp = _split_table(tmp_path / "pp", "train")
+    np.testing.assert_array_equal(tp["label"].to_numpy(), t["label"].to_numpy())
+    model = synth.PlantedModel(3, rows)
+    raw = np.concatenate([model.chunk(i).ids for i in range(model.num_chunks())])
+    unique_count_ids = 0
+    for j, f in enumerate(CRITEO_SPARSE):
+        g, q = t[f].to_numpy(), tp[f].to_numpy()
+        v = out["vocab_sizes"][f]
+        cg, cq = np.bincount(g, minlength=v), np.bincount(q, minlength=v)
+        np.testing.assert_array_equal(cg, cq)
+        np.testing.assert_array_equal(cg[g], cq[q])             # each row: an id of equal count
+        values, multiplicity = np.unique(cg[1:], return_counts=True)
+        unique = np.zeros(v, dtype=bool)
+        unique[1:] = np.isin(cg[1:], values[multiplicity == 1])
+        np.testing.assert_array_equal(g[unique[g]], q[unique[g]])
+        unique_count_ids += int(unique.sum())
+        # the generator's ids are its Zipf ranks relabelled, ties by ascending rank
+        assert ((g == 0) == (raw[:, j] == 0)).all()
+        pairs = np.unique(np.stack([g, raw[:, j]], axis=1)[g > 0], axis=0)   # sorted by id
+        assert (pairs[:, 0] == np.arange(1, v)).all()              # one rank per id
+        tied = cg[pairs[1:, 0]] == cg[pairs[:-1, 0]]
+        assert (np.diff(pairs[:, 1])[tied] > 0).all()
+    assert unique_count_ids > 100
 
 
 def test_tsv_gzip(tmp_path):

@@ -9,7 +9,8 @@ Criteo-like cardinalities. Two outputs share one row generator, so for the same
   no header, empty = missing, categorical ids as 8 hex digits), to exercise ``ctr-preprocess``.
 - :func:`generate_dataset`: straight to a processed dataset (see :mod:`ctr.data.dataset`):
   minmax dense features (fitted over all rows, exactly as ``ctr-preprocess`` would), ids
-  ``1..V-1`` with ``0`` = missing, plus the true click probability as column ``oracle_p``.
+  label-encoded as ``ctr-preprocess`` would (contiguous ``1..V-1`` by descending frequency,
+  ``0`` = missing), plus the true click probability as column ``oracle_p``.
 
 Features
 --------
@@ -27,8 +28,16 @@ C12, C16, C21, C24, C26; up to 10M ids in Criteo) are scaled with the row count:
 
 so a small dataset keeps the real rows-per-id ratio of the full 45.8M-row log, where most ids
 of those fields occur once or a few times (at 1M rows about half of C3's distinct ids are
-singletons, and a fifth of its rows carry an id seen fewer than 10 times). ``vocab_sizes``
-in meta is ``max id + 1``, the embedding table size needed.
+singletons, and a fifth of its rows carry an id seen fewer than 10 times).
+
+The Zipf rank is the *raw* id (what the planted model below is defined on, and what the TSV
+scrambles into hex). :func:`generate_dataset` label-encodes it per field as ``ctr-preprocess``
+does: the ranks that occur in the generated rows (all splits) get ids ``1..V-1`` by
+descending count, ties by ascending rank, ``0`` stays missing, and ``vocab_sizes[f] = V`` =
+distinct observed ids + 1, so embedding tables have no rows for ids never seen (at 1M rows,
+107K of C3's 221K ranks occur; all fields together need 0.66M rows instead of 1.12M).
+``ctr-preprocess`` on the TSV of the same rows gives the same ``V`` and the same ids, except
+that ids of equal count may come in another order (it breaks ties by the hex key).
 
 The planted model (labels)
 --------------------------
@@ -87,6 +96,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -101,7 +111,7 @@ from ctr.data.dataset import (CRITEO_DENSE, CRITEO_SPARSE, LABEL, DatasetWriter,
                               DatasetError, read_meta)
 from ctr.data.transforms import DenseStats, apply_dense_transform
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2                # 2: dataset ids label-encoded by frequency (were Zipf ranks)
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic-demo"
 DEMO_ROWS = 1_000_000
 CRITEO_ROWS = 45_840_617          # rows of the Criteo Kaggle train.txt
@@ -410,6 +420,10 @@ class PlantedModel:
         """Only the dense features of chunk ``i`` (cheap; for fitting transforms)."""
         return self._dense(_rng(self.seed, _S_DENSE, i), self.chunk_rows(i))
 
+    def ids_chunk(self, i: int) -> np.ndarray:
+        """Only the raw ids of chunk ``i`` (equal to ``chunk(i).ids``; for counting ids)."""
+        return self._ids(_rng(self.seed, _S_CAT, i), self.chunk_rows(i), self._sampler)
+
     def chunk(self, i: int) -> Chunk:
         """Chunk ``i``: rows ``[i*CHUNK_ROWS, ...)``, from streams seeded by ``(seed, i)``."""
         n = self.chunk_rows(i)
@@ -711,19 +725,35 @@ def _split_counts(rows: int, split: tuple[float, ...]) -> tuple[list[str], list[
     return names, counts
 
 
+def frequency_ids(counts: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label encoding of one field from its counts (``counts[r]`` = occurrences of raw id
+    ``r``; ``counts[0]``, missing, is ignored): ``(lookup, V)`` with ``lookup[r]`` the id of
+    raw id ``r``, ids ``1..V-1`` by descending count, ties by ascending raw id; raw ids that
+    never occur (and ``0``) map to ``0``. ``V`` = distinct observed raw ids + 1."""
+    seen = np.flatnonzero(counts[1:]) + 1                     # ascending raw ids that occur
+    order = np.argsort(-counts[seen], kind="stable")          # count desc; stable: rank asc
+    lookup = np.zeros(len(counts), dtype=np.int32)
+    if len(seen) >= 2**31 - 1:
+        raise ValueError(f"vocabulary of {len(seen)} ids does not fit int32")
+    lookup[seen[order]] = np.arange(1, len(seen) + 1, dtype=np.int32)
+    return lookup, len(seen) + 1
+
+
 def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
                      split: tuple[float, ...] = (0.9, 0.1), overwrite: bool = False,
                      progress: bool = True, **model_kwargs) -> dict[str, Any]:
     """Generates ``rows`` synthetic rows straight into a processed dataset at ``out_dir``.
 
     Columns: ``label`` float32, ``I1..I13`` float32 (minmax over all rows, via
-    :mod:`ctr.data.transforms`), ``C1..C26`` int32 (0 = missing), ``oracle_p`` float32 (the
-    true click probability). ``split`` = (train, test) or (train, valid, test) fractions; the
-    split is an exact random one by ``seed``. Memory is bounded: two passes over
-    deterministic chunks (dense statistics, then rows). Returns the meta written.
+    :mod:`ctr.data.transforms`), ``C1..C26`` int32 (label-encoded: contiguous ids ``1..V-1``
+    by descending frequency over all rows, ties by Zipf rank, 0 = missing), ``oracle_p``
+    float32 (the true click probability). ``split`` = (train, test) or (train, valid, test)
+    fractions; the split is an exact random one by ``seed``. Memory is bounded: two passes
+    over deterministic chunks (dense statistics and id counts, then rows); the id lookups are
+    the size of each field's support. Returns the meta written.
     """
     rows = _check_rows(rows)
-    names, counts = _split_counts(rows, split)
+    names, split_rows = _split_counts(rows, split)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
@@ -731,16 +761,32 @@ def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
     dense_f, sparse_f = model.dense_fields, model.sparse_fields
     nch = model.num_chunks()
     stats = DenseStats(dense_f)
-    with _progress(rows, "synth pass 1/2 (dense stats)", progress) as bar:
-        for d in _ordered_map(model.dense_chunk, range(nch), 2):
+    # counts[j][r]: occurrences of raw id r (Zipf rank + 1; 0 = missing) of field j
+    counts = [np.zeros(model.support[f] + 1, dtype=np.int64) for f in sparse_f]
+    lock = threading.Lock()
+
+    def pass1(i: int) -> np.ndarray:
+        ids = model.ids_chunk(i)
+        for j in range(len(sparse_f)):      # in the worker: one field's bincount alive at once
+            c = np.bincount(ids[:, j])
+            with lock:
+                counts[j][:len(c)] += c
+        return model.dense_chunk(i)
+
+    with _progress(rows, "synth pass 1/2 (dense stats, id counts)", progress) as bar:
+        for d in _ordered_map(pass1, range(nch), 2):
             stats.update(d)
             if bar is not None:
                 bar.update(d.shape[0])
     params = stats.params("minmax")
+    lookups, vocab_sizes = [], {}
+    for j, f in enumerate(sparse_f):
+        lookup, vocab_sizes[f] = frequency_ids(counts[j])
+        lookups.append(lookup)
+    del counts
 
     split_rng = _rng(seed, _S_SPLIT)
-    remaining = np.array(counts, dtype=np.int64)
-    max_id = np.zeros(len(sparse_f), dtype=np.int64)
+    remaining = np.array(split_rows, dtype=np.int64)
     test_p: list[np.ndarray] = []
     test_y: list[np.ndarray] = []
     test_idx = names.index("test")
@@ -753,7 +799,9 @@ def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
             remaining = remaining - take
             where = np.repeat(np.arange(len(names), dtype=np.int8), take)
             split_rng.shuffle(where)
-            np.maximum(max_id, ch.ids.max(axis=0), out=max_id)
+            enc = np.empty((len(sparse_f), n), dtype=np.int32)   # field-major encoded ids
+            for j in range(len(sparse_f)):
+                np.take(lookups[j], ch.ids[:, j], out=enc[j])
             dense = apply_dense_transform(ch.dense, "minmax", params, dense_f)
             p32 = ch.p.astype(np.float32)
             lab = ch.label.astype(np.float32)
@@ -765,7 +813,7 @@ def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
                     test_y.append(lab[sel])
                 cols = {LABEL: lab[sel]}
                 cols.update({f: dense[sel, j] for j, f in enumerate(dense_f)})
-                cols.update({f: ch.ids[sel, j] for j, f in enumerate(sparse_f)})
+                cols.update({f: enc[j][sel] for j, f in enumerate(sparse_f)})
                 cols[ORACLE_COLUMN] = p32[sel]
                 out.append((name, pa.table(cols)))
             yield out
@@ -787,9 +835,9 @@ def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
             "label": LABEL,
             "dense_fields": dense_f,
             "sparse_fields": sparse_f,
-            "vocab_sizes": {f: int(max_id[j]) + 1 for j, f in enumerate(sparse_f)},
+            "vocab_sizes": {f: int(vocab_sizes[f]) for f in sparse_f},
             "dense_transform": {"kind": "minmax", "params": params},
-            "categorical_encoding": {"kind": "label"},
+            "categorical_encoding": {"kind": "label", "order": "frequency"},
             "extra_columns": {ORACLE_COLUMN: "true click probability of the planted model"},
             "seed": int(seed),
             "synthetic": model.describe(),

@@ -64,16 +64,16 @@ def init_distributed(device: str = "auto") -> DistEnv:
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if "RANK" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    # Under torchrun the env:// rendezvous it set up; alone, a group of one on a fresh port
+    # (not written to os.environ, so child processes never inherit a stale port).
+    init_method = "env://" if "RANK" in os.environ else f"tcp://127.0.0.1:{free_port()}"
     if kind == "cuda":
         torch.cuda.set_device(local_rank)
         dev, backend = torch.device("cuda", local_rank), "nccl"
     else:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     return DistEnv(rank, world, local_rank, dev, backend)
 
 

@@ -26,7 +26,9 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -139,9 +141,22 @@ def describe_plan(per_field: dict[str, tuple[str, int]], rows: dict[str, int], w
     return "\n".join(lines)
 
 
+def quiet_library_noise() -> None:
+    """Silences messages TorchRec / FBGEMM / torch print on every run that say nothing about it:
+    the dense kernel ignoring cache settings, a DDP argument's deprecation, FBGEMM's CPU
+    lookup op lacking a registered autograd kernel (its autograd.Function supplies the
+    gradient; tests/test_train.py checks sharded gradients against unsharded ones), and fx."""
+    logging.getLogger("torchrec.distributed.utils").setLevel(logging.ERROR)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    for pattern in (".*broadcast_buffers.*", ".*autograd kernel was not registered.*",
+                    ".*is_fx_tracing.*", ".*split_table_batched_embeddings_ops.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def shard_model(model: nn.Module, env: DistEnv, choice: str
                 ) -> tuple[DistributedModelParallel, dict[str, tuple[str, int]]]:
     """Wraps ``model`` in DMP with the chosen plan (dense kernel everywhere)."""
+    quiet_library_noise()
     plan, per_field = build_plan(model, env.world_size, env.device.type, choice)
     dmp = DistributedModelParallel(model, plan=plan, device=env.device,
                                    sharders=[EmbeddingBagCollectionSharder()], init_data_parallel=True)

@@ -147,13 +147,16 @@ def _threshold_(wnorm: Tensor, counts: Tensor, r: float, zeta: float, lower_boun
                 d: int) -> Tensor:
     """In place on ``wnorm`` (= ||w_i||): the CowClip threshold, counts of 0 taken as 1."""
     if counts.is_floating_point():
-        cnt = torch.where(counts == 0, torch.ones_like(counts), counts).to(wnorm.dtype)
+        cnt = torch.where(counts == 0, torch.ones_like(counts), counts)
     else:
-        cnt = counts.clamp_min(1).to(wnorm.dtype)
+        cnt = counts.clamp_min(1)         # (the in-place mul_ below converts)
     if lower_bound == "paper":            # cnt * max(r * ||w||, zeta)
-        return wnorm.mul_(r).clamp_min_(zeta).mul_(cnt)
+        if r != 1.0:
+            wnorm.mul_(r)
+        return wnorm.clamp_min_(zeta).mul_(cnt)
     # reference (LargeBatchCTR): r * cnt * max(||w||, r * sqrt(d) * zeta)
-    return wnorm.clamp_min_(r * math.sqrt(d) * zeta).mul_(cnt).mul_(r)
+    wnorm.clamp_min_(r * math.sqrt(d) * zeta).mul_(cnt)
+    return wnorm.mul_(r) if r != 1.0 else wnorm
 
 
 def _check_shapes(grad: Tensor | None, weight: Tensor, counts: Tensor) -> None:
@@ -222,6 +225,11 @@ def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta:
     sq = torch.empty(step, d, dtype=dtype, device=device)
     gnorm_buf = torch.empty(step, dtype=dtype, device=device)
     den_buf = torch.empty(step, dtype=dtype, device=device)
+    # thr >= floor > 0 (cnt >= 1) unless zeta = 0 (or a float count below 1): then thr = 0
+    # is possible, and ||g|| = thr = 0 gives 0/0, replaced by 1
+    floor = zeta if lower_bound == "paper" else r * r * math.sqrt(d) * zeta
+    maybe_zero_threshold = counts.is_floating_point() or not floor >= torch.finfo(dtype).tiny
+    expand = device.type == "cpu"
     for lo in range(0, rows, step):       # one iteration on CUDA; blocks of ~1M elements on CPU
         hi = min(lo + step, rows)
         n = hi - lo
@@ -236,8 +244,12 @@ def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta:
         # scale = thr / max(||g||, thr) = min(1, thr / ||g||) when ||g|| > 0; the only 0/0
         # (||g|| = thr = 0) and every zero gradient row get scale 1
         thr.div_(torch.maximum(gnorm, thr, out=den_buf[:n]))
-        thr.masked_fill_(gnorm == 0, 1.0)
-        g.mul_(thr.unsqueeze(1))
+        if maybe_zero_threshold:
+            thr.masked_fill_(gnorm == 0, 1.0)
+        if expand:                        # a contiguous multiply beats a broadcast over d on CPU
+            g.mul_(sq[:n].copy_(thr.unsqueeze(1).expand(n, d)))
+        else:
+            g.mul_(thr.unsqueeze(1))
     return scale
 
 
