@@ -288,6 +288,26 @@ def test_low_precision_gradients(dtype):
     torch.testing.assert_close(g.float(), want, rtol=2e-2, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_non_cpu_code_path(monkeypatch, dtype):
+    """The CUDA code path (vector_norm, broadcast multiply, no scratch), exercised on CPU."""
+    import ctr.optim.cowclip as cc
+    grad, weight, ids = make_table(300, 10, 1024, torch.float64, seed=8, zero_grad_rows=(4,))
+    grad, weight = grad.to(dtype), weight.to(dtype)
+    counts = count_ids(ids, 300)
+    for lb, zeta in [("paper", 1e-5), ("reference", 1e-5), ("paper", 0.0)]:
+        want = grad.clone()
+        want_scale = cowclip_(want, weight, counts, zeta=zeta, lower_bound=lb)
+        monkeypatch.setattr(cc, "_gemv_path", lambda device: False)
+        for block_rows in (None, 7):
+            g = grad.clone()
+            scale = cowclip_(g, weight, counts, zeta=zeta, lower_bound=lb, block_rows=block_rows)
+            tol = TOL.get(dtype, dict(rtol=1e-3, atol=1e-6))
+            torch.testing.assert_close(g, want, **tol)
+            torch.testing.assert_close(scale, want_scale, **tol)
+        monkeypatch.undo()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_agnostic(device):
     grad, weight, ids = make_table(128, 10, 512, torch.float32, seed=4)

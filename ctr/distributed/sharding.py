@@ -158,8 +158,10 @@ def shard_model(model: nn.Module, env: DistEnv, choice: str
     """Wraps ``model`` in DMP with the chosen plan (dense kernel everywhere)."""
     quiet_library_noise()
     plan, per_field = build_plan(model, env.world_size, env.device.type, choice)
+    # One rank: no DDP around the dense part (its bucket copies would cost time for nothing).
     dmp = DistributedModelParallel(model, plan=plan, device=env.device,
-                                   sharders=[EmbeddingBagCollectionSharder()], init_data_parallel=True)
+                                   sharders=[EmbeddingBagCollectionSharder()],
+                                   init_data_parallel=env.world_size > 1)
     return dmp, per_field
 
 

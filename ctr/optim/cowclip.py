@@ -136,10 +136,19 @@ def _block_rows(rows: int, d: int, device: torch.device, block_rows: int | None)
     return max(1, _CPU_BLOCK_ELEMENTS // max(d, 1))
 
 
-def _row_norms_(x: Tensor, ones: Tensor, sq: Tensor, out: Tensor) -> Tensor:
-    """out <- ||x_i|| per row; ``sq`` is a scratch buffer of x's shape (compute dtype)."""
-    torch.mul(x, x, out=sq)               # a strided reduction over d = 10 is slow on CPU:
-    torch.mv(sq, ones, out=out)           # square into scratch, then one gemv
+def _gemv_path(device: torch.device) -> bool:
+    """Square-into-scratch + gemv row norms and a contiguous final multiply (CPU)."""
+    return device.type == "cpu"
+
+
+def _row_norms_(x: Tensor, ones: Tensor | None, sq: Tensor | None, out: Tensor) -> Tensor:
+    """out <- ||x_i|| per row. On CPU (``sq``: scratch of x's shape in the compute dtype) the
+    rows are squared into the scratch and summed by one gemv: a reduction over a short inner
+    dimension (d = 10) is several times slower there. Elsewhere: ``vector_norm``, no scratch."""
+    if sq is None:
+        return torch.linalg.vector_norm(x, dim=1, dtype=out.dtype, out=out)
+    torch.mul(x, x, out=sq)
+    torch.mv(sq, ones, out=out)
     return out.sqrt_()
 
 
@@ -221,33 +230,35 @@ def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta:
     if rows == 0:
         return scale
     step = min(_block_rows(rows, d, device, block_rows), rows)
-    ones = torch.ones(d, dtype=dtype, device=device)
-    sq = torch.empty(step, d, dtype=dtype, device=device)
+    cpu = _gemv_path(device)
+    ones = torch.ones(d, dtype=dtype, device=device) if cpu else None
+    sq = torch.empty(step, d, dtype=dtype, device=device) if cpu else None
     gnorm_buf = torch.empty(step, dtype=dtype, device=device)
     den_buf = torch.empty(step, dtype=dtype, device=device)
     # thr >= floor > 0 (cnt >= 1) unless zeta = 0 (or a float count below 1): then thr = 0
     # is possible, and ||g|| = thr = 0 gives 0/0, replaced by 1
     floor = zeta if lower_bound == "paper" else r * r * math.sqrt(d) * zeta
     maybe_zero_threshold = counts.is_floating_point() or not floor >= torch.finfo(dtype).tiny
-    expand = device.type == "cpu"
     for lo in range(0, rows, step):       # one iteration on CUDA; blocks of ~1M elements on CPU
         hi = min(lo + step, rows)
         n = hi - lo
         g = grad[lo:hi]
         w = weight[lo:hi]
-        if w.dtype != dtype:
+        if w.dtype != dtype and cpu:
             w = w.to(dtype)
         thr = scale[lo:hi]                # the threshold is built in the output's storage
-        _row_norms_(w, ones, sq[:n], thr)
+        scratch = sq[:n] if cpu else None
+        _row_norms_(w, ones, scratch, thr)
         _threshold_(thr, counts[lo:hi], r, zeta, lower_bound, d)
-        gnorm = _row_norms_(g if g.dtype == dtype else g.to(dtype), ones, sq[:n], gnorm_buf[:n])
+        gnorm = _row_norms_(g if g.dtype == dtype or not cpu else g.to(dtype), ones, scratch,
+                            gnorm_buf[:n])
         # scale = thr / max(||g||, thr) = min(1, thr / ||g||) when ||g|| > 0; the only 0/0
         # (||g|| = thr = 0) and every zero gradient row get scale 1
         thr.div_(torch.maximum(gnorm, thr, out=den_buf[:n]))
         if maybe_zero_threshold:
             thr.masked_fill_(gnorm == 0, 1.0)
-        if expand:                        # a contiguous multiply beats a broadcast over d on CPU
-            g.mul_(sq[:n].copy_(thr.unsqueeze(1).expand(n, d)))
+        if cpu:                           # a contiguous multiply beats a broadcast over d on CPU
+            g.mul_(scratch.copy_(thr.unsqueeze(1).expand(n, d)))
         else:
             g.mul_(thr.unsqueeze(1))
     return scale

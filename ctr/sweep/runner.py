@@ -114,13 +114,10 @@ def resolve_data(spec: SweepSpec) -> str:
     """The sweep's dataset: the given one, or synthetic data generated once for it."""
     if spec.data:
         return spec.data
-    from ctr.data.synth import generate_dataset
+    from ctr.data.synth import ensure_demo_dataset  # reuses it unless the generator changed
     rows = int(spec.synthetic.get("rows", 1_000_000))
     seed = int(spec.synthetic.get("seed", 0))
-    path = Path("data") / f"synthetic-{rows}-s{seed}"
-    if not (path / "meta.json").is_file():
-        print(f"generating synthetic data: {rows:,} rows, seed {seed} -> {path}", flush=True)
-        generate_dataset(path, rows, seed=seed, overwrite=path.exists())
+    path = ensure_demo_dataset(Path("data") / f"synthetic-{rows}-s{seed}", rows=rows, seed=seed)
     return str(path)
 
 
