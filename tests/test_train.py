@@ -130,3 +130,13 @@ def test_batch_flag_rejects_junk(capsys):
     with pytest.raises(SystemExit):
         train_cli.build_parser().parse_args(["--batch", "lots"])
     assert "lots" in capsys.readouterr().err
+
+
+def test_criteo_config_resolves_to_the_paper_at_128k():
+    from ctr.train.config import load_config
+    hp = load_config("deepfm", "criteo", overrides={"batch": "128k"}).resolved_hparams()
+    assert hp.dense_lr == pytest.approx(90.5e-4, rel=1e-3)
+    assert hp.l2 == pytest.approx(128e-5) and hp.embedding_lr == pytest.approx(1e-4)
+    assert hp.cowclip and hp.warmup_epochs == 1 and hp.zeta == pytest.approx(1e-5)
+    av = load_config("deepfm", "avazu", overrides={"batch": "128k"}).resolved_hparams()
+    assert av.dense_lr == pytest.approx(16e-4) and av.l2 == pytest.approx(96e-5) and av.zeta == 1e-4

@@ -22,11 +22,11 @@ from ctr.data.dataset import write_json_atomic
 from ctr.optim.scaling import format_batch
 
 
-def collect(all_cells: list, out: Path) -> list[dict[str, Any]]:
-    from ctr.sweep.runner import cell_summary
+def collect(spec, all_cells: list, out: Path) -> list[dict[str, Any]]:
+    from ctr.sweep.runner import cell_dir, cell_summary
     rows = []
     for c in all_cells:
-        s = cell_summary(out / "runs" / c.name)
+        s = cell_summary(cell_dir(out, c, spec))
         rec = {"model": c.model, "batch": c.batch, "rule": c.rule, "seed": c.seed, "cell": c.name,
                "status": (s or {}).get("status", "pending")}
         if s:
@@ -131,7 +131,7 @@ def plot(spec, results: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(spec, all_cells: list, out: Path, data: str) -> dict[str, Any]:
-    results = collect(all_cells, out)
+    results = collect(spec, all_cells, out)
     spreads = [s for m in spec.models if spec.spread
                for s in [spread(results, m, spec.spread["batch"], spec.spread.get("rule", "cowclip"))] if s]
     payload = {"name": spec.name, "data": data, "epochs": spec.epochs, "results": results,

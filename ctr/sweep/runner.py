@@ -48,6 +48,7 @@ class SweepSpec:
     rules: list[str] = field(default_factory=lambda: list(RULES))
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int = 1
+    base_batch: int | None = None            # the scaling rules' base (default: the model config's)
     data: str | None = None                  # processed dataset; None: synthetic per `synthetic`
     synthetic: dict[str, Any] = field(default_factory=dict)   # {rows, seed} of generated data
     train_args: list[str] = field(default_factory=list)       # extra ctr-train flags for every cell
@@ -74,6 +75,8 @@ class SweepSpec:
 
     def normalised(self) -> "SweepSpec":
         self.batches = [parse_batch(b) for b in self.batches]
+        if self.base_batch is not None:
+            self.base_batch = parse_batch(self.base_batch)
         bad = [r for r in self.rules if r not in RULES]
         if bad:
             raise ValueError(f"unknown scaling rule(s) {bad}; choose from {RULES}")
@@ -96,6 +99,19 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.model}-{format_batch(self.batch)}-{self.rule}-s{self.seed}"
+
+
+def alias_of(cell: Cell, spec: SweepSpec) -> Cell | None:
+    """At the base batch (s = 1) the none / sqrt / linear rules resolve to the same
+    hyperparameters, so their cells share the `none` cell's run instead of repeating it."""
+    base = spec.base_batch
+    if base and cell.batch == base and cell.rule in ("sqrt", "linear") and "none" in spec.rules:
+        return Cell(cell.model, cell.batch, "none", cell.seed)
+    return None
+
+
+def cell_dir(out: Path, cell: Cell, spec: SweepSpec) -> Path:
+    return out / "runs" / (alias_of(cell, spec) or cell).name
 
 
 def cells(spec: SweepSpec) -> list[Cell]:
@@ -135,6 +151,8 @@ def run_cell(cell: Cell, spec: SweepSpec, data: str, run_dir: Path) -> int:
     cmd = [sys.executable, "-m", "ctr.cli.train", "--model", cell.model, "--batch", str(cell.batch),
            "--scaling", cell.rule, "--seed", str(cell.seed), "--epochs", str(spec.epochs),
            "--data", data, "--out", str(run_dir), "--quiet", *map(str, spec.train_args)]
+    if spec.base_batch:
+        cmd += ["--base-batch", str(spec.base_batch)]
     if spec.nproc > 1:
         cmd += ["--nproc", str(spec.nproc)]
     if (run_dir / "checkpoint" / "latest.json").is_file():
@@ -151,11 +169,13 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
     data = resolve_data(spec)
-    todo = [c for c in cells(spec) if (cell_summary(out / "runs" / c.name) or {}).get("status") not in DONE]
     all_cells = cells(spec)
+    todo = [c for c in all_cells if alias_of(c, spec) is None
+            and (cell_summary(out / "runs" / c.name) or {}).get("status") not in DONE]
     if progress:
-        print(f"sweep {spec.name}: {len(all_cells)} cells, {len(all_cells) - len(todo)} done, "
-              f"{len(todo)} to run -> {out}", flush=True)
+        shared = sum(alias_of(c, spec) is not None for c in all_cells)
+        print(f"sweep {spec.name}: {len(all_cells)} cells ({shared} share a run), "
+              f"{len(all_cells) - shared - len(todo)} done, {len(todo)} to run -> {out}", flush=True)
     t0 = time.time()
     for i, cell in enumerate(todo, 1):
         if progress:

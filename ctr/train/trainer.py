@@ -95,6 +95,12 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self.env = env = init_distributed(cfg.device)
+        if env.device.type == "cpu":
+            # In the paper's regime a row absent from many batches sees only its L2 gradient and
+            # Adam shrinks it geometrically toward 0: millions of denormal floats appear in its
+            # moments within ~1000 steps and make every step ~7x slower on x86. Flushing values
+            # below 1.2e-38 to zero changes nothing measurable (GPUs do the same).
+            torch.set_flush_denormal(True)
         self.meta = meta = read_meta(cfg.data)
         self.hp = cfg.resolved_hparams()
         t0 = time.time()
