@@ -107,6 +107,25 @@ def test_counts_cover_global_batch_and_ignore_other_shards():
     assert c0.tolist() == [0, 3, 0, 0, 0, 0, 1] + [1, 0, 1, 0, 2]
     c1 = opt._index[id(groups[1])].counts(ids)
     assert c1.tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]  # rows 10 and 19; 9 and 25 elsewhere
+    for g, full in ((groups[0], c0), (groups[1], c1)):   # both paths of present(): sort and histogram
+        index = opt._index[id(g)]
+        for total_rows in (index.total_rows, 10**6):
+            index_rows = index.total_rows
+            rows, cnt = index.present(ids) if total_rows == index_rows else _present_sorted(index, ids)
+            assert rows.tolist() == full.nonzero().flatten().tolist()
+            assert cnt.tolist() == full[full > 0].tolist()
+
+
+def _present_sorted(index, ids):
+    """present() forced onto its sorting path by pretending the group is huge."""
+    saved = index.total_rows
+    try:
+        pos = index._positions(ids)
+        rows, cnt = torch.unique(pos, return_counts=True)
+        keep = rows < saved
+        return rows[keep], cnt[keep]
+    finally:
+        index.total_rows = saved
 
 
 def test_dense_warmup():

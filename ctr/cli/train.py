@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctr-train: {e}", file=sys.stderr)
         return EXIT_USAGE
     dataset = args.dataset or family
+    # Under torchrun every rank must agree on the name: its run id is shared, a clock is not.
+    stamp = os.environ.get("TORCHELASTIC_RUN_ID") if "RANK" in os.environ else None
     out = args.out or str(Path("runs") / f"{args.model}-{format_batch(args.batch or 1024)}-"
-                          f"{args.scaling or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}")
+                          f"{args.scaling or 'default'}-{stamp or time.strftime('%Y%m%d-%H%M%S')}")
     if args.nproc > 1 and "RANK" not in os.environ:
         from ctr.distributed.env import launch_workers
         child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]

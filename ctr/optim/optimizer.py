@@ -52,12 +52,28 @@ class _GroupIndex:
         self.start = torch.tensor([s.fused_row for s in shards], dtype=torch.long, device=device)
         self.total_rows = group.rows
 
-    def counts(self, global_ids: torch.Tensor) -> torch.Tensor:
-        """Occurrences in the global batch of every row of the group (0 for absent rows)."""
+    def _positions(self, global_ids: torch.Tensor) -> torch.Tensor:
+        """Group rows of every id occurrence in the global batch; ``total_rows`` for other shards'."""
         local = global_ids.index_select(1, self.cols).long() - self.lo       # [B, shards]
         inside = (local >= 0) & (local < self.rows)
-        pos = torch.where(inside, local + self.start, self.total_rows)      # outside -> spill bin
-        return torch.bincount(pos.flatten(), minlength=self.total_rows + 1)[: self.total_rows]
+        return torch.where(inside, local + self.start, self.total_rows).flatten()
+
+    def counts(self, global_ids: torch.Tensor) -> torch.Tensor:
+        """Occurrences in the global batch of every row of the group (0 for absent rows)."""
+        pos = self._positions(global_ids)
+        return torch.bincount(pos, minlength=self.total_rows + 1)[: self.total_rows]
+
+    def present(self, global_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows present in the batch, their counts). A small batch sorts its few ids; a large
+        one counts into a table-sized histogram (cheaper than sorting millions of ids)."""
+        pos = self._positions(global_ids)
+        if pos.numel() * 16 < self.total_rows:
+            rows, cnt = torch.unique(pos, return_counts=True)
+            keep = rows < self.total_rows
+            return rows[keep], cnt[keep]
+        counts = torch.bincount(pos, minlength=self.total_rows + 1)[: self.total_rows]
+        rows = counts.nonzero().squeeze(1)
+        return rows, counts.index_select(0, rows)
 
 
 class CTROptimizer:
@@ -99,18 +115,18 @@ class CTROptimizer:
         """Clips the group's embedding rows in place; returns (rows clipped, rows considered)."""
         hp = self.hp
         grad2d, w2d = g.view(g.weight.grad), g.view()
-        counts = self._index[id(g)].counts(global_ids)
+        index = self._index[id(g)]
         l2x2 = 2.0 * hp.l2
         if l2x2 > hp.r:  # absent rows could be clipped too: clip the whole table (exact, slower)
+            counts = index.counts(global_ids)
             grad2d.add_(w2d, alpha=l2x2)
             scale = cowclip_(grad2d, w2d, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
             grad2d.sub_(w2d, alpha=l2x2)
             return int((scale < 1).sum()), scale.numel()
-        rows = counts.nonzero().squeeze(1)
+        rows, counts = index.present(global_ids)
         w_rows = w2d.index_select(0, rows)
         total = grad2d.index_select(0, rows).add_(w_rows, alpha=l2x2)
-        scale = cowclip_(total, w_rows, counts.index_select(0, rows), r=hp.r, zeta=hp.zeta,
-                         lower_bound=self.lower_bound)
+        scale = cowclip_(total, w_rows, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
         grad2d.index_copy_(0, rows, total.sub_(w_rows, alpha=l2x2))
         return int((scale < 1).sum()), rows.numel()
 
