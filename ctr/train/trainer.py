@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ctr.data.dataset import read_meta, write_json_atomic
+from ctr.data.dataset import read_meta, resolve_split, write_json_atomic
 from ctr.data.loader import BatchLoader, SplitTensors
 from ctr.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from ctr.distributed.sharding import describe_plan, fused_groups, init_embeddings_, shard_model
@@ -105,8 +105,10 @@ class Trainer:
         self.hp = cfg.resolved_hparams()
         t0 = time.time()
         self.train_data = SplitTensors.load(cfg.data, "train")
-        self.valid_data = SplitTensors.load(cfg.data, "valid")
         self.test_data = SplitTensors.load(cfg.data, "test")
+        # The paper's protocol has no separate validation split (valid is an alias of test).
+        same = resolve_split(meta, "valid") == resolve_split(meta, "test")
+        self.valid_data = self.test_data if same else SplitTensors.load(cfg.data, "valid")
         self.log(f"data {cfg.data}: train {self.train_data.num_rows:,} / valid "
                  f"{self.valid_data.num_rows:,} / test {self.test_data.num_rows:,} rows "
                  f"({time.time() - t0:.1f}s to load)")
