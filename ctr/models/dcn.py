@@ -28,13 +28,45 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from ctr.models.layers import MLP, CTRModel, VectorCrossNet, logit_layer
 from ctr.models.sparse import SparseArch
 
 
-class DCN(CTRModel):
+class CrossDeepModel(CTRModel):
+    """The layout DCN and DCN-V2 share: a cross tower beside the DNN over the same ``x0``,
+    outputs concatenated (cross first) into one bias-free logit, plus the linear logit.
+    Subclasses only choose the cross network (:meth:`make_cross`)."""
+
+    def __init__(self, sparse: SparseArch, num_dense: int, mlp: Sequence[int], cross_layers: int,
+                 dropout: float) -> None:
+        super().__init__(sparse, num_dense)
+        if not mlp and cross_layers <= 0:
+            raise ValueError(f"{type(self).__name__} needs hidden layers or cross layers (both are empty)")
+        d = self.deep_input_dim
+        self.cross = self.make_cross(d, cross_layers) if cross_layers > 0 else None
+        self.dnn = MLP(d, mlp, dropout) if mlp else None
+        width = (d if self.cross is not None else 0) + (self.dnn.out_features if self.dnn else 0)
+        self.logit = logit_layer(width)
+
+    def make_cross(self, in_features: int, num_layers: int) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        emb, lin = self.sparse(sparse)
+        x0 = self.deep_input(emb, dense)
+        towers = []
+        if self.cross is not None:
+            towers.append(self.cross(x0))
+        if self.dnn is not None:
+            towers.append(self.dnn(x0))
+        stack = towers[0] if len(towers) == 1 else torch.cat(towers, dim=1)
+        return self.linear_logit(dense, lin) + self.logit(stack).squeeze(1)
+
+
+class DCN(CrossDeepModel):
     """``linear + Linear(concat(CrossNet(x0), MLP(x0)))``, logits (no sigmoid).
 
     Args:
@@ -47,22 +79,7 @@ class DCN(CTRModel):
 
     def __init__(self, sparse: SparseArch, num_dense: int, mlp: Sequence[int] = (400, 400, 400),
                  cross_layers: int = 3, dropout: float = 0.0) -> None:
-        super().__init__(sparse, num_dense)
-        if not mlp and cross_layers <= 0:
-            raise ValueError("DCN needs hidden layers or cross layers (both are empty)")
-        d = self.deep_input_dim
-        self.cross = VectorCrossNet(d, cross_layers) if cross_layers > 0 else None
-        self.dnn = MLP(d, mlp, dropout) if mlp else None
-        width = (d if self.cross is not None else 0) + (self.dnn.out_features if self.dnn else 0)
-        self.logit = logit_layer(width)
+        super().__init__(sparse, num_dense, mlp, cross_layers, dropout)
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        emb, lin = self.sparse(sparse)
-        x0 = self.deep_input(emb, dense)
-        towers = []
-        if self.cross is not None:
-            towers.append(self.cross(x0))
-        if self.dnn is not None:
-            towers.append(self.dnn(x0))
-        stack = towers[0] if len(towers) == 1 else torch.cat(towers, dim=1)
-        return self.linear_logit(dense, lin) + self.logit(stack).squeeze(1)
+    def make_cross(self, in_features: int, num_layers: int) -> nn.Module:
+        return VectorCrossNet(in_features, num_layers)

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-from torchrec import KeyedJaggedTensor
+from torch import nn
 
-from ctr.models.layers import MLP, CTRModel, MatrixCrossNet, MixtureCrossNet, logit_layer
+from ctr.models.dcn import CrossDeepModel
+from ctr.models.layers import MatrixCrossNet, MixtureCrossNet
 from ctr.models.sparse import SparseArch
 
 
-class DCNv2(CTRModel):
+class DCNv2(CrossDeepModel):
     """``linear + Linear(concat(CrossNetV2(x0), MLP(x0)))``, logits (no sigmoid).
 
     Args:
@@ -54,27 +54,12 @@ class DCNv2(CTRModel):
     def __init__(self, sparse: SparseArch, num_dense: int, mlp: Sequence[int] = (400, 400, 400),
                  cross_layers: int = 3, low_rank: int | None = None, num_experts: int = 4,
                  dropout: float = 0.0) -> None:
-        super().__init__(sparse, num_dense)
-        if not mlp and cross_layers <= 0:
-            raise ValueError("DCNv2 needs hidden layers or cross layers (both are empty)")
         if low_rank is not None and (low_rank < 1 or num_experts < 1):
             raise ValueError(f"low_rank and num_experts must be >= 1, not {low_rank}, {num_experts}")
-        d = self.deep_input_dim
-        self.cross: MatrixCrossNet | MixtureCrossNet | None = None
-        if cross_layers > 0:
-            self.cross = (MatrixCrossNet(d, cross_layers) if low_rank is None
-                          else MixtureCrossNet(d, cross_layers, low_rank, num_experts))
-        self.dnn = MLP(d, mlp, dropout) if mlp else None
-        width = (d if self.cross is not None else 0) + (self.dnn.out_features if self.dnn else 0)
-        self.logit = logit_layer(width)
+        self.low_rank, self.num_experts = low_rank, num_experts
+        super().__init__(sparse, num_dense, mlp, cross_layers, dropout)
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        emb, lin = self.sparse(sparse)
-        x0 = self.deep_input(emb, dense)
-        towers = []
-        if self.cross is not None:
-            towers.append(self.cross(x0))
-        if self.dnn is not None:
-            towers.append(self.dnn(x0))
-        stack = towers[0] if len(towers) == 1 else torch.cat(towers, dim=1)
-        return self.linear_logit(dense, lin) + self.logit(stack).squeeze(1)
+    def make_cross(self, in_features: int, num_layers: int) -> nn.Module:
+        if self.low_rank is None:
+            return MatrixCrossNet(in_features, num_layers)
+        return MixtureCrossNet(in_features, num_layers, self.low_rank, self.num_experts)
