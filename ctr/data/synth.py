@@ -783,7 +783,7 @@ def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
     for j, f in enumerate(sparse_f):
         lookup, vocab_sizes[f] = frequency_ids(counts[j])
         lookups.append(lookup)
-    del counts
+    counts.clear()  # free the per-field histograms before pass 2
 
     split_rng = _rng(seed, _S_SPLIT)
     remaining = np.array(split_rows, dtype=np.int64)
