@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_data(data: str | None, quiet: bool) -> tuple[str, str]:
+def resolve_data(data: str | None) -> tuple[str, str]:
     """The dataset dir (generating the built-in one on first use) and its config family."""
     if data is None:
         from ctr.data.synth import ensure_demo_dataset
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        data, family = resolve_data(args.data, args.quiet)
+        data, family = resolve_data(args.data)
     except (DatasetError, FileNotFoundError) as e:
         print(f"ctr-train: {e}", file=sys.stderr)
         return EXIT_USAGE
