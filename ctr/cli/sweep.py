@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=lambda t: [int(x) for x in _list(t)])
     p.add_argument("--epochs", type=int)
     p.add_argument("--data", help="processed dataset (default: the preset's synthetic data)")
-    p.add_argument("--nproc", type=int)
+    p.add_argument("--nproc", type=int, help="processes per cell (ctr-train --nproc)")
+    p.add_argument("--jobs", type=int, help="cells trained at once, threads split between them")
     p.add_argument("--out", help="output directory (default sweeps/<preset>)")
     p.add_argument("--train-args", type=lambda t: t.split(), help="extra ctr-train flags, quoted")
     args = p.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = [parse_batch(b) for b in args.batches] if args.batches else None
         spec = SweepSpec.from_preset(args.preset, models=args.models, batches=batches, rules=args.rules,
                                      seeds=args.seeds, epochs=args.epochs, data=args.data,
-                                     nproc=args.nproc, out=args.out, train_args=args.train_args)
+                                     nproc=args.nproc, jobs=args.jobs, out=args.out, train_args=args.train_args)
     except (FileNotFoundError, ValueError) as e:
         print(f"ctr-sweep: {e}", file=sys.stderr)
         return 2

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,7 @@ class SweepSpec:
     train_args: list[str] = field(default_factory=list)       # extra ctr-train flags for every cell
     spread: dict[str, Any] = field(default_factory=dict)      # {batch, rule, seeds}: noise check
     nproc: int = 1
+    jobs: int = 1                             # cells trained at once (threads split between them)
     out: str | None = None
 
     @classmethod
@@ -147,7 +151,7 @@ def cell_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_cell(cell: Cell, spec: SweepSpec, data: str, run_dir: Path) -> int:
+def run_cell(cell: Cell, spec: SweepSpec, data: str, run_dir: Path, threads: int | None = None) -> int:
     cmd = [sys.executable, "-m", "ctr.cli.train", "--model", cell.model, "--batch", str(cell.batch),
            "--scaling", cell.rule, "--seed", str(cell.seed), "--epochs", str(spec.epochs),
            "--data", data, "--out", str(run_dir), "--quiet", *map(str, spec.train_args)]
@@ -158,8 +162,11 @@ def run_cell(cell: Cell, spec: SweepSpec, data: str, run_dir: Path) -> int:
     if (run_dir / "checkpoint" / "latest.json").is_file():
         cmd.append("--resume")
     run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(run_dir / "train.log", "a") as log:
-        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def run_sweep(spec: SweepSpec, progress: bool = True) -> dict[str, Any]:
@@ -177,16 +184,28 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> dict[str, Any]:
         print(f"sweep {spec.name}: {len(all_cells)} cells ({shared} share a run), "
               f"{len(all_cells) - shared - len(todo)} done, {len(todo)} to run -> {out}", flush=True)
     t0 = time.time()
-    for i, cell in enumerate(todo, 1):
-        if progress:
-            el = time.time() - t0
-            eta = f", ~{el / (i - 1) * (len(todo) - i + 1) / 60:.0f} min left" if i > 1 else ""
-            print(f"[{i}/{len(todo)}] {cell.model} batch {format_batch(cell.batch)} rule {cell.rule} "
-                  f"seed {cell.seed} ({len(todo) - i} remain after this{eta})", flush=True)
-        code = run_cell(cell, spec, data, out / "runs" / cell.name)
+    lock = threading.Lock()
+    started = [0]
+    # Small batches are latency-bound: several cells with fewer threads each use the cores better.
+    threads = max(1, (os.cpu_count() or 1) // spec.jobs) if spec.jobs > 1 else None
+
+    def one(cell: Cell) -> None:
+        with lock:
+            started[0] += 1
+            i = started[0]
+            if progress:
+                el = time.time() - t0
+                eta = f", ~{el / (i - 1) * (len(todo) - i + 1) / 60:.0f} min left" if i > 1 else ""
+                print(f"[{i}/{len(todo)}] {cell.model} batch {format_batch(cell.batch)} rule {cell.rule} "
+                      f"seed {cell.seed} ({len(todo) - i} remain after this{eta})", flush=True)
+        code = run_cell(cell, spec, data, out / "runs" / cell.name, threads)
         s = cell_summary(out / "runs" / cell.name) or {}
-        if progress:
-            print(f"      -> {s.get('status', f'failed (exit {code}, see train.log)')}"
-                  + (f", test AUC {s['test_auc']:.4f}" if "test_auc" in s else ""), flush=True)
-        write_report(spec, all_cells, out, data)
+        with lock:
+            if progress:
+                print(f"      {cell.name} -> {s.get('status', f'failed (exit {code}, see train.log)')}"
+                      + (f", test AUC {s['test_auc']:.4f}" if "test_auc" in s else ""), flush=True)
+            write_report(spec, all_cells, out, data)
+
+    with ThreadPoolExecutor(max_workers=max(1, spec.jobs)) as pool:
+        list(pool.map(one, todo))
     return write_report(spec, all_cells, out, data)
