@@ -9,7 +9,7 @@ def test_tiny_sweep_and_rerun(small_dataset, tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["--preset", "quick", "--model", "deepfm", "--batches", "1k,4k", "--scaling", "none,cowclip",
             "--epochs", "1", "--data", str(small_dataset), "--out", str(out),
-            "--train-args", "--mlp 32 --max-steps 3 --eval-batch 4096"]
+            "--train-args", "--mlp 32 --max-steps 3 --eval-batch 4096", "--jobs", "2"]
     assert sweep_cli.main(args) == 0
     first = capsys.readouterr().out
     assert "4 to run" in first and "[4/4]" in first

@@ -140,3 +140,13 @@ def test_criteo_config_resolves_to_the_paper_at_128k():
     assert hp.cowclip and hp.warmup_epochs == 1 and hp.zeta == pytest.approx(1e-5)
     av = load_config("deepfm", "avazu", overrides={"batch": "128k"}).resolved_hparams()
     assert av.dense_lr == pytest.approx(16e-4) and av.l2 == pytest.approx(96e-5) and av.zeta == 1e-4
+
+
+def test_cowclip_warmup_keeps_the_papers_proportion_when_asked():
+    from ctr.train.config import load_config
+    default = load_config("deepfm", "criteo", overrides={"batch": "8k"}).resolved_hparams()
+    short = load_config("deepfm", "criteo", overrides={"batch": "8k", "cowclip_warmup_epochs": 0.1})
+    assert default.warmup_epochs == 1.0 and short.resolved_hparams().warmup_epochs == 0.1
+    other = load_config("deepfm", "criteo", overrides={"batch": "8k", "scaling": "sqrt",
+                                                      "cowclip_warmup_epochs": 0.1})
+    assert other.resolved_hparams().warmup_epochs == 0.0  # only the cowclip rule warms up

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--r", type=float, help="CowClip ratio r")
     g.add_argument("--zeta", type=float, help="CowClip lower bound zeta")
     g.add_argument("--cowclip-lower-bound", choices=("paper", "reference"))
+    g.add_argument("--cowclip-warmup-epochs", type=float,
+                   help="dense warm-up of the cowclip rule (default 1 epoch, the paper's)")
     g = p.add_argument_group("model")
     g.add_argument("--embedding-dim", type=int)
     g.add_argument("--mlp", type=_mlp)
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return launch_workers(args.nproc, "ctr.cli.train", child)
     overrides = {k: getattr(args, k) for k in (
         "batch", "scaling", "epochs", "seed", "device", "sharding", "base_batch", "dense_lr",
-        "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "cowclip_lower_bound", "embedding_dim",
+        "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "cowclip_lower_bound", "cowclip_warmup_epochs",
+        "embedding_dim",
         "mlp", "init_std", "cross_layers", "dcnv2_low_rank", "drop_last", "eval_batch", "max_steps")}
     overrides.update(data=data, out=out)
     try:

@@ -38,7 +38,7 @@ from ctr.optim.optimizer import CTROptimizer
 FORMAT = 1
 # Settings that must match for a checkpoint to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("model", "batch", "base_batch", "seed", "scaling", "hparams", "batch_overrides",
-               "model_config", "cowclip_lower_bound", "drop_last", "data")
+               "model_config", "cowclip_lower_bound", "cowclip_warmup_epochs", "drop_last", "data")
 
 
 class CheckpointError(Exception):
