@@ -2,8 +2,8 @@
 
 Examples::
 
-    ctr-sweep --preset quick                         # ~30 min on 2 CPU cores, synthetic data
-    ctr-sweep --preset cpu                           # the paper's 128x batch ratio, hours, resumable
+    ctr-sweep --preset quick                         # ~10 min on 2 CPU cores, synthetic data
+    ctr-sweep --preset cpu                           # the paper's 128x batch ratio, ~40 min, resumable
     ctr-sweep --model deepfm --batches 1k,2k,4k,8k,16k,32k,64k,128k \\
               --scaling none,sqrt,linear,cowclip --data data/criteo --epochs 10
 
