@@ -86,11 +86,13 @@ class SparseArch(nn.Module):
                                    device=device)
             if with_linear else None)
 
-    def _field_order(self, keys: tuple[str, ...]) -> torch.Tensor:
+    def _field_order(self, keys: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        """Index putting pooled keys back in field order; built once per (keys, device)."""
         cached = getattr(self, "_order_cache", None)
-        if cached is None or cached[0] != keys:
+        if cached is None or cached[0] != (keys, device):
             pos = {k: i for i, k in enumerate(keys)}
-            cached = (keys, torch.tensor([pos[f] for f in self.fields], dtype=torch.long))
+            order = torch.tensor([pos[f] for f in self.fields], dtype=torch.long, device=device)
+            cached = ((keys, device), order)
             self._order_cache = cached
         return cached[1]
 
@@ -109,8 +111,7 @@ class SparseArch(nn.Module):
         emb = pooled.values().view(-1, self.num_fields, self.embedding_dim)
         keys = pooled.keys()
         if keys != self.fields:
-            order = self._field_order(tuple(keys))
-            emb = emb.index_select(1, order.to(emb.device))
+            emb = emb.index_select(1, self._field_order(tuple(keys), emb.device))
         if self.linear is None:
             return emb, None
         lin = self.linear(features).values().sum(dim=1)

@@ -96,7 +96,7 @@ class CTROptimizer:
         self._index = {id(g): _GroupIndex(g, field_pos, g.weight.device)
                        for g in groups if g.kind == "embedding"}
         self.step_count = 0
-        self.last_clip_fraction = 0.0
+        self._last_clip: tuple[torch.Tensor | int, int] = (0, 0)
 
     def dense_lr(self, step: int) -> float:
         if self.warmup_steps <= 0:
@@ -110,8 +110,17 @@ class CTROptimizer:
         for g in self.groups:
             g.weight.grad = None
 
+    @property
+    def last_clip_fraction(self) -> float:
+        """Share of the embedding rows considered last step that CowClip scaled down. Kept as
+        tensors during the step and read only here, so a GPU step has no host sync for it."""
+        clipped, total = self._last_clip
+        total = int(total)
+        return int(clipped) / total if total else 0.0
+
     @torch.no_grad()
-    def _cowclip_group_(self, g: FusedGroup, global_ids: torch.Tensor) -> tuple[int, int]:
+    def _cowclip_group_(self, g: FusedGroup, global_ids: torch.Tensor
+                        ) -> tuple[torch.Tensor, int]:
         """Clips the group's embedding rows in place; returns (rows clipped, rows considered)."""
         hp = self.hp
         grad2d, w2d = g.view(g.weight.grad), g.view()
@@ -122,25 +131,26 @@ class CTROptimizer:
             grad2d.add_(w2d, alpha=l2x2)
             scale = cowclip_(grad2d, w2d, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
             grad2d.sub_(w2d, alpha=l2x2)
-            return int((scale < 1).sum()), scale.numel()
+            return (scale < 1).sum(), scale.numel()
         rows, counts = index.present(global_ids)
         w_rows = w2d.index_select(0, rows)
         total = grad2d.index_select(0, rows).add_(w_rows, alpha=l2x2)
         scale = cowclip_(total, w_rows, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
         grad2d.index_copy_(0, rows, total.sub_(w_rows, alpha=l2x2))
-        return int((scale < 1).sum()), rows.numel()
+        return (scale < 1).sum(), rows.numel()
 
     @torch.no_grad()
     def step(self, global_ids: torch.Tensor) -> None:
         """One update; ``global_ids`` [B, F] are the whole global batch's ids (CowClip counts)."""
-        clipped = total = 0
+        clipped: torch.Tensor | int = 0
+        total = 0
         for g in self.groups:
             if g.weight.grad is None:
                 g.weight.grad = torch.zeros_like(g.weight)
             if self.hp.cowclip and g.kind == "embedding":
                 c, n = self._cowclip_group_(g, global_ids)
                 clipped, total = clipped + c, total + n
-        self.last_clip_fraction = clipped / total if total else 0.0
+        self._last_clip = (clipped, total)
         for pg in self.dense.param_groups:
             pg["lr"] = self.dense_lr(self.step_count)
         self.dense.step()
