@@ -181,15 +181,14 @@ class Trainer:
         batch = batch.to(self.env.device)
         logits = self.dmp(batch.dense, batch.sparse)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
-        n_local = max(1, batch.labels.numel())
-        if not _all_true(bool(torch.isfinite(loss_sum)), self.env.device):
-            raise Diverged(f"loss is {loss_sum.item() / n_local} at {where} "
-                           f"(global step {self.global_step})")
+        loss = loss_sum.item() / max(1, batch.labels.numel())  # the step's one host read
+        if not _all_true(math.isfinite(loss), self.env.device):
+            raise Diverged(f"loss is {loss} at {where} (global step {self.global_step})")
         self.opt.zero_grad()
         (loss_sum * (self.env.world_size / batch.global_size)).backward()
         self.opt.step(batch.global_ids)
         self.global_step += 1
-        return loss_sum.item() / n_local
+        return loss
 
     def fit(self) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
