@@ -32,3 +32,20 @@ def test_tiny_sweep_and_rerun(small_dataset, tmp_path, capsys):
 def test_unknown_preset_is_named(capsys):
     assert sweep_cli.main(["--preset", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_presets_keep_the_papers_ratio_and_rules():
+    """Every preset loads; cpu and paper span the paper's 128x with all four rules, from their base."""
+    from ctr.optim.scaling import RULES
+    from ctr.sweep.runner import PRESET_DIR, SweepSpec
+
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert {"quick", "cpu", "paper"} <= set(names)
+    for name in names:
+        spec = SweepSpec.from_preset(name)
+        assert spec.batches == sorted(spec.batches) and spec.epochs >= 1
+    for name in ("cpu", "paper"):
+        spec = SweepSpec.from_preset(name)
+        assert max(spec.batches) == 128 * min(spec.batches)
+        assert set(spec.rules) == set(RULES)
+        assert spec.base_batch in (None, min(spec.batches))
