@@ -140,17 +140,27 @@ class CTROptimizer:
         return (scale < 1).sum(), rows.numel()
 
     @torch.no_grad()
-    def step(self, global_ids: torch.Tensor) -> None:
-        """One update; ``global_ids`` [B, F] are the whole global batch's ids (CowClip counts)."""
+    def clip_(self, global_ids: torch.Tensor) -> None:
+        """CowClip on every embedding group's gradient, in place (``step`` calls it when the
+        rule has CowClip on; public so a benchmark can time it alone)."""
         clipped: torch.Tensor | int = 0
         total = 0
         for g in self.groups:
-            if g.weight.grad is None:
-                g.weight.grad = torch.zeros_like(g.weight)
-            if self.hp.cowclip and g.kind == "embedding":
+            if g.kind == "embedding" and g.weight.grad is not None:
                 c, n = self._cowclip_group_(g, global_ids)
                 clipped, total = clipped + c, total + n
         self._last_clip = (clipped, total)
+
+    @torch.no_grad()
+    def step(self, global_ids: torch.Tensor) -> None:
+        """One update; ``global_ids`` [B, F] are the whole global batch's ids (CowClip counts)."""
+        for g in self.groups:
+            if g.weight.grad is None:
+                g.weight.grad = torch.zeros_like(g.weight)
+        if self.hp.cowclip:
+            self.clip_(global_ids)
+        else:
+            self._last_clip = (0, 0)
         for pg in self.dense.param_groups:
             pg["lr"] = self.dense_lr(self.step_count)
         self.dense.step()
