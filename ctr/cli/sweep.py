@@ -3,7 +3,7 @@
 Examples::
 
     ctr-sweep --preset quick                         # ~10 min on 2 CPU cores, synthetic data
-    ctr-sweep --preset cpu                           # the paper's 128x batch ratio, ~40 min, resumable
+    ctr-sweep --preset cpu                           # the paper's 128x batch ratio, ~1 hour, resumable
     ctr-sweep --model deepfm --batches 1k,2k,4k,8k,16k,32k,64k,128k \\
               --scaling none,sqrt,linear,cowclip --data data/criteo --epochs 10
 

@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return launch_workers(args.nproc, "ctr.cli.train", child)
     overrides = {k: getattr(args, k) for k in (
         "batch", "scaling", "epochs", "seed", "device", "sharding", "base_batch", "dense_lr",
-        "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "cowclip_lower_bound", "cowclip_warmup_epochs",
-        "embedding_dim",
-        "mlp", "init_std", "cross_layers", "dcnv2_low_rank", "drop_last", "eval_batch", "max_steps")}
+        "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "cowclip_lower_bound",
+        "cowclip_warmup_epochs", "embedding_dim", "mlp", "init_std", "cross_layers", "dcnv2_low_rank",
+        "drop_last", "eval_batch", "max_steps")}
     overrides.update(data=data, out=out)
     try:
         cfg = load_config(args.model, dataset, path=args.config, overrides=overrides)

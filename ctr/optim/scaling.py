@@ -212,11 +212,14 @@ def normalize_overrides(overrides: Mapping[Any, Any] | None,
 
 
 def scale_hyperparams(base: Hyperparams, base_batch: int | str, batch: int | str, rule: str,
-                      overrides: Mapping[Any, Any] | None = None) -> Hyperparams:
+                      overrides: Mapping[Any, Any] | None = None,
+                      cowclip_warmup_epochs: float = 1.0) -> Hyperparams:
     """Hyperparameters at ``batch`` from ``base`` (tuned at ``base_batch``) under ``rule``.
 
     See the module docstring for the rules; ``overrides`` (per-batch table, see
-    :func:`normalize_overrides`) is applied after the rule. ``base`` is not modified.
+    :func:`normalize_overrides`) is applied after the rule. ``cowclip_warmup_epochs`` is the
+    cowclip rule's dense warm-up: the paper's 1 epoch is 10% of its 10 epochs, so a shorter
+    protocol may keep that share (0.1 for one epoch). ``base`` is not modified.
     """
     if rule not in RULES:
         raise ValueError(f"unknown scaling rule {rule!r}; expected one of {RULES}")
@@ -233,7 +236,7 @@ def scale_hyperparams(base: Hyperparams, base_batch: int | str, batch: int | str
                            cowclip=False)
     else:  # cowclip
         out = base.replace(dense_lr=base.dense_lr * math.sqrt(s), l2=base.l2 * s,
-                           warmup_epochs=1.0, cowclip=True)
+                           warmup_epochs=float(cowclip_warmup_epochs), cowclip=True)
     table = normalize_overrides(overrides, rule)
     if batch in table:
         out = out.replace(**table[batch])

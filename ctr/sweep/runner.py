@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from ctr.data.dataset import read_meta
 from ctr.optim.scaling import RULES, format_batch, parse_batch
 from ctr.train.config import CONFIG_DIR
 
@@ -188,7 +189,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> dict[str, Any]:
     started = [0]
     # The ETA weighs cells by optimizer steps: at small batch the whole-table pass per step,
     # not the samples, sets a cell's time (a batch-8 cell takes ~12x as long as a batch-128 one here).
-    train_rows = int(json.loads((Path(data) / "meta.json").read_text())["splits"]["train"]["rows"])
+    train_rows = int(read_meta(data)["splits"]["train"]["rows"])
     steps_of = {c: spec.epochs * -(-train_rows // c.batch) for c in todo}
     steps_done = [0]
     # Small batches are latency-bound: several cells with fewer threads each use the cores better.

@@ -42,8 +42,7 @@ class TrainConfig:
     batch_overrides: dict[str, Any] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)     # ctr.models.ModelConfig fields
     cowclip_lower_bound: str = "paper"
-    # The cowclip rule's dense warm-up, in epochs: the paper's 1 epoch is 10% of its 10-epoch
-    # protocol; a shorter run keeps that proportion by setting e.g. 0.1 for 1 epoch.
+    # The cowclip rule's dense warm-up in epochs (see ctr.optim.scaling.scale_hyperparams).
     cowclip_warmup_epochs: float = 1.0
     sharding: str = "auto"
     device: str = "auto"
@@ -57,11 +56,9 @@ class TrainConfig:
         return Hyperparams(**self.hparams)
 
     def resolved_hparams(self) -> Hyperparams:
-        hp = scale_hyperparams(self.base_hparams(), self.base_batch, self.batch, self.scaling,
-                               (self.batch_overrides or {}).get(self.scaling))
-        if self.scaling == "cowclip":
-            hp = hp.replace(warmup_epochs=float(self.cowclip_warmup_epochs))
-        return hp
+        return scale_hyperparams(self.base_hparams(), self.base_batch, self.batch, self.scaling,
+                                 (self.batch_overrides or {}).get(self.scaling),
+                                 cowclip_warmup_epochs=self.cowclip_warmup_epochs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
