@@ -10,21 +10,46 @@ Examples::
     ctr-preprocess synth --help                                    # synthetic data instead
 
 Inputs are detected by sniffing (gzip by magic bytes): Criteo TSV (40 fields; 39 = test,
-no label), Criteo CSV variants (header or not, leading Id, integers as floats), Avazu
-(24 columns; 21-column variant with --labels), Parquet with raw columns. Bad rows stop
-the run with the file and line (exit 2) unless --skip-bad-rows.
+no label; lines ending in a TAB too), Criteo CSV variants (header or not, leading Id,
+integers as floats), Avazu (24 columns; 21-column variant with --labels), Parquet with raw
+columns. Bad rows (a dense value such as inf, nan or 1e400 included) stop the run with the
+file and line (exit 2) unless --skip-bad-rows; more than half of a file's rows bad stops it
+anyway (a wrong layout). --overwrite replaces only a ctr dataset, never a directory holding
+other files or an input. Ctrl-C or SIGTERM removes the partial output (exit 130 / 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from contextlib import contextmanager
 
 from ctr.data.encoding import ENCODINGS
 from ctr.data.readers import FORMATS, RawInputError
 from ctr.data.transforms import DENSE_TRANSFORMS
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same cleanup (the temporary output) runs."""
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _positive_int(text: str) -> int:
@@ -85,9 +110,20 @@ def _synth(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "synth":
-        return _synth(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        with _sigterm_as_interrupt():
+            if argv and argv[0] == "synth":
+                return _synth(argv[1:])
+            return _preprocess(build_parser().parse_args(argv))
+    except Terminated:
+        print("ctr-preprocess: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("ctr-preprocess: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _preprocess(args: argparse.Namespace) -> int:
     from ctr.data.preprocess import format_summary, preprocess
     try:
         meta = preprocess(args.inputs, args.out, fmt=args.format, labels=args.labels,
@@ -108,9 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"ctr-preprocess: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("ctr-preprocess: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
     if not args.quiet:
         print(format_summary(meta, args.out))
     return EXIT_OK

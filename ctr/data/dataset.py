@@ -14,9 +14,13 @@ through :func:`read_meta` / :func:`split_files`, so the format lives in this one
 Categorical columns hold contiguous ids ``1..V-1`` per field with ``0`` reserved for
 missing/rare, so ``vocab_sizes[field] == V`` is the embedding table's row count.
 
-The writer builds everything in a hidden temporary directory beside ``DIR`` and renames it
-into place only when :meth:`DatasetWriter.commit` is called, so a killed run never leaves
-anything that looks like a dataset.
+The writer builds everything in a hidden temporary directory beside ``DIR``
+(``.DIR.tmp-<pid>-<hex>``, :func:`ctr.fsutil.temp_path`) and renames it into place only when
+:meth:`DatasetWriter.commit` is called, so a killed run never leaves anything that looks like a
+dataset; the next writer of ``DIR`` removes such leftovers once their process is gone.
+``overwrite`` replaces only what :func:`check_replaceable` recognises as a dataset (meta.json
+with a schema version, split directories of ``part-*.parquet``), never other files, and no
+writer touches a directory that holds one of its ``protect`` paths (its inputs).
 
 Example::
 
@@ -29,14 +33,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from ctr.faults import fault_point
+from ctr.fsutil import stale_temps, temp_path, write_json_atomic  # write_json_atomic: re-exported
 
 SCHEMA_VERSION = 1
 META_FILE = "meta.json"
@@ -45,10 +52,15 @@ SPLITS = ("train", "valid", "test")
 
 CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
 CRITEO_SPARSE = [f"C{i}" for i in range(1, 27)]
+_PART_FILE = re.compile(r"^part-\d+\.parquet$")
 
 
 class DatasetError(Exception):
     """A processed dataset is missing, malformed, or of an unknown schema version."""
+
+
+class UnsafeOutputError(FileExistsError):
+    """The output path exists and is not ours to replace (not a dataset, or holds an input)."""
 
 
 def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
@@ -61,13 +73,118 @@ def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read: {e}") from e
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: must hold a JSON object, not {type(meta).__name__}")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise DatasetError(f"{path}: schema_version {version!r}, this ctr reads {SCHEMA_VERSION}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise DatasetError(f"{path}: {problem}; the dataset is damaged, rebuild it with "
+                           "`ctr-preprocess`")
+    return meta
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """The first structural fault of a meta.json that consumers would trip over later."""
     for key in ("dense_fields", "sparse_fields", "vocab_sizes", "splits"):
         if key not in meta:
-            raise DatasetError(f"{path}: field {key!r} is missing")
-    return meta
+            return f"field {key!r} is missing"
+    for key in ("dense_fields", "sparse_fields"):
+        v = meta[key]
+        if not isinstance(v, list) or not all(isinstance(f, str) for f in v):
+            return f"{key!r} must be a list of field names, not {v!r:.80}"
+        if len(set(v)) != len(v):
+            return f"{key!r} names a field twice"
+    vocab, sparse = meta["vocab_sizes"], meta["sparse_fields"]
+    if not isinstance(vocab, dict):
+        return f"'vocab_sizes' must be an object (field -> size), not {vocab!r:.80}"
+    missing = [f for f in sparse if f not in vocab]
+    if missing:
+        return f"'vocab_sizes' has no entry for sparse field(s) {missing}"
+    extra = [f for f in vocab if f not in sparse]
+    if extra:
+        return f"'vocab_sizes' names {extra}, which are not in 'sparse_fields'"
+    for f in sparse:
+        v = vocab[f]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            return f"'vocab_sizes'[{f!r}] must be a positive integer, not {v!r}"
+    splits = meta["splits"]
+    if not isinstance(splits, dict) or not splits:
+        return f"'splits' must be a non-empty object (split -> rows, files), not {splits!r:.80}"
+    for name, s in splits.items():
+        if not isinstance(s, dict):
+            return f"'splits'[{name!r}] must be an object with 'rows' and 'files'"
+        rows, files = s.get("rows"), s.get("files")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            return f"'splits'[{name!r}]['rows'] must be a non-negative integer, not {rows!r}"
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            return f"'splits'[{name!r}]['files'] must be a list of file names, not {files!r:.80}"
+    aliases = meta.get("split_aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(t, str) and t in splits
+                                                for t in aliases.values()):
+        return f"'split_aliases' must map names to stored splits, not {aliases!r:.80}"
+    return None
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Raises :class:`UnsafeOutputError` unless ``path`` is a ctr dataset (or an empty directory).
+
+    A dataset is a directory holding nothing but ``meta.json`` (a JSON object with a
+    ``schema_version``) and split directories of ``part-*.parquet`` files: exactly what
+    :class:`DatasetWriter` writes. Anything else may be the user's, so it is never replaced.
+    """
+    path = Path(path)
+
+    def refuse(why: str) -> UnsafeOutputError:
+        return UnsafeOutputError(f"{path}: {why}; --overwrite replaces only a dataset made by ctr "
+                                 "(meta.json and split directories of part-*.parquet), so move it "
+                                 "away or choose another output")
+
+    if path.is_symlink():
+        raise refuse("is a symbolic link")
+    if not path.is_dir():
+        raise refuse("exists and is not a directory")
+    entries = sorted(path.iterdir())
+    if not entries:
+        return
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or "schema_version" not in meta:
+        shown = ", ".join(e.name for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise refuse(f"is not a ctr dataset (no readable {META_FILE} with a schema_version; "
+                     f"it holds {shown})")
+    splits = set(SPLITS) | set(meta["splits"] if isinstance(meta.get("splits"), dict) else ())
+    for e in entries:
+        if e.name == META_FILE and e.is_file() and not e.is_symlink():
+            continue
+        if e.name in splits and e.is_dir() and not e.is_symlink():
+            for f in sorted(e.iterdir()):
+                if not (_PART_FILE.match(f.name) and f.is_file() and not f.is_symlink()):
+                    raise refuse(f"holds {f}, which is not part of a dataset")
+            continue
+        raise refuse(f"holds {e}, which is not part of a dataset")
+
+
+def check_no_overlap(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLike]) -> None:
+    """Raises :class:`UnsafeOutputError` if ``out_dir`` is, or holds, one of ``protect``
+    (symbolic links resolved): writing or replacing it would destroy that file."""
+    out = Path(os.path.realpath(out_dir))
+    out_stat = os.stat(out) if out.exists() else None
+    for p in protect:
+        real = Path(os.path.realpath(p))
+        for a in (real, *real.parents):
+            same = a == out or (out_stat is not None and a.exists()
+                                and os.path.samestat(os.stat(a), out_stat))
+            if same:
+                what = "is" if a == real else "holds"
+                raise UnsafeOutputError(f"{out_dir}: the output directory {what} the input {p}; "
+                                        "writing the dataset there would destroy it, so choose "
+                                        "another output directory")
 
 
 def resolve_split(meta: dict[str, Any], split: str) -> str:
@@ -90,31 +207,46 @@ def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
     return files
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON to a temporary name beside ``path``, then renames it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def remove_stale_temps(out_dir: str | os.PathLike) -> list[Path]:
+    """Deletes the ``.NAME.tmp-*`` / ``.NAME.old-*`` that dead writers of ``out_dir`` left
+    beside it (only ctr's pid-tagged ones whose process is gone); returns what it deleted."""
+    out_dir = Path(out_dir)
+    removed = []
+    for p in stale_temps(out_dir.parent):
+        if p.name.rsplit(".", 1)[0] != f".{out_dir.name}":
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 class DatasetWriter:
     """Builds a dataset directory in a temporary place and renames it in when complete.
 
-    ``out_dir`` must not exist unless ``overwrite`` is true. Rows are appended per split with
-    :meth:`write`; files roll over every ``rows_per_file`` rows. Leaving the ``with`` block
-    without :meth:`commit` (an exception, Ctrl-C) deletes the temporary directory.
+    ``out_dir`` must not exist unless ``overwrite`` is true, and then it must pass
+    :func:`check_replaceable`; it must never hold one of ``protect`` (the inputs). Rows are
+    appended per split with :meth:`write`; files roll over every ``rows_per_file`` rows.
+    Leaving the ``with`` block without :meth:`commit` (an exception, Ctrl-C) deletes the
+    temporary directory; one a killed writer left is deleted by the next writer of ``out_dir``.
     """
 
     def __init__(self, out_dir: str | os.PathLike, overwrite: bool = False,
-                 rows_per_file: int = 4_000_000):
+                 rows_per_file: int = 4_000_000, protect: Iterable[str | os.PathLike] = ()):
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
-            raise FileExistsError(f"{self.out_dir} exists; pass --overwrite to replace it")
+        self.protect = [str(p) for p in protect]
+        check_no_overlap(self.out_dir, self.protect)
+        if self.out_dir.exists() or self.out_dir.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{self.out_dir} exists; pass --overwrite to replace it")
+            check_replaceable(self.out_dir)
         self.overwrite = overwrite
         self.rows_per_file = rows_per_file
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.removed_stale = remove_stale_temps(self.out_dir)
+        self.tmp_dir = temp_path(self.out_dir)
         self.tmp_dir.mkdir()
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._rows_in_file: dict[str, int] = {}
@@ -152,6 +284,7 @@ class DatasetWriter:
         if LABEL in table.column_names:
             s = pc.sum(table[LABEL]).as_py() or 0.0
             self._positives[split] = self._positives.get(split, 0.0) + float(s)
+        fault_point("dataset.after_write")
 
     def _open(self, split: str) -> pq.ParquetWriter:
         if split in self._writers:
@@ -193,11 +326,20 @@ class DatasetWriter:
         if "valid" not in meta["splits"] and "test" in meta["splits"]:
             aliases.setdefault("valid", "test")
         write_json_atomic(self.tmp_dir / META_FILE, meta)
-        if self.out_dir.exists():  # overwrite: move the old one aside first, then delete it
-            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        if self.out_dir.exists() or self.out_dir.is_symlink():
+            # overwrite: check again (the run may have taken hours), move the old one aside,
+            # rename the new one in, then delete the old one
+            if not self.overwrite:
+                raise FileExistsError(f"{self.out_dir} appeared during the run; pass --overwrite "
+                                      "to replace it")
+            check_no_overlap(self.out_dir, self.protect)
+            check_replaceable(self.out_dir)
+            trash = temp_path(self.out_dir, "old")
             os.replace(self.out_dir, trash)
+            fault_point("dataset.after_move_aside")
             os.replace(self.tmp_dir, self.out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
+            fault_point("dataset.before_delete_old")
+            shutil.rmtree(trash, ignore_errors=True)  # what is left goes with the next writer
         else:
             os.replace(self.tmp_dir, self.out_dir)
         self._done = True

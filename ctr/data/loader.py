@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torchrec import KeyedJaggedTensor
@@ -92,21 +93,25 @@ class SplitTensors:
         lab = np.empty(n, dtype=np.float32)
         start = 0
         for path in files:
-            pf = pq.ParquetFile(path)
-            missing = set(sparse + dense + ["label"]) - set(pf.schema_arrow.names)
-            if missing:
-                raise DatasetError(f"{path}: columns missing: {sorted(missing)}")
-            for rg in range(pf.num_row_groups):
-                t = pf.read_row_group(rg, columns=["label"] + dense + sparse)
-                stop = start + t.num_rows
-                if stop > n:
-                    raise DatasetError(f"{path}: more rows than meta.json says ({n})")
-                lab[start:stop] = t.column("label").to_numpy()
-                for j, f in enumerate(dense):
-                    dns[start:stop, j] = t.column(f).to_numpy()
-                for j, f in enumerate(sparse):
-                    ids[start:stop, j] = t.column(f).to_numpy()
-                start = stop
+            try:
+                pf = pq.ParquetFile(path)
+                missing = set(sparse + dense + ["label"]) - set(pf.schema_arrow.names)
+                if missing:
+                    raise DatasetError(f"{path}: columns missing: {sorted(missing)}")
+                for rg in range(pf.num_row_groups):
+                    t = pf.read_row_group(rg, columns=["label"] + dense + sparse)
+                    stop = start + t.num_rows
+                    if stop > n:
+                        raise DatasetError(f"{path}: more rows than meta.json says ({n})")
+                    lab[start:stop] = t.column("label").to_numpy()
+                    for j, f in enumerate(dense):
+                        dns[start:stop, j] = t.column(f).to_numpy()
+                    for j, f in enumerate(sparse):
+                        ids[start:stop, j] = t.column(f).to_numpy()
+                    start = stop
+            except (OSError, pa.ArrowException) as e:  # truncated or corrupt file
+                raise DatasetError(f"{path}: cannot read this Parquet file ({e}); the dataset is "
+                                   "damaged, rebuild it with `ctr-preprocess`") from e
         if start != n:
             raise DatasetError(f"{data_dir}: split {split!r} has {start} rows, meta.json says {n}")
         if n:

@@ -44,6 +44,11 @@ from ctr.data.transforms import DenseStats, apply_dense_transform, check_transfo
 SPLIT_KINDS = ("random", "sequential")
 DEFAULT_SPLIT = "random:0.9,0.1"
 MAX_LISTED_BAD = 20
+# --skip-bad-rows is for a few damaged rows: once more than this share of a file's rows is bad
+# (checked after each block once BAD_SHARE_MIN_ROWS rows are seen, and at the file's end),
+# the layout was misread and the run stops
+BAD_SHARE_LIMIT = 0.5
+BAD_SHARE_MIN_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,8 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
     labelled = first.has_label
     total_bytes = sum(os.path.getsize(f.path) for f in fmts)
 
-    with DatasetWriter(out, overwrite=overwrite, rows_per_file=rows_per_file) as writer:
+    with DatasetWriter(out, overwrite=overwrite, rows_per_file=rows_per_file,
+                       protect=inputs + (labels or [])) as writer:
         # ---------------------------------------------------------------- pass 1
         encoder = CategoricalEncoder(sparse_fields, kind=kind, min_count=min_count or 1,
                                      buckets=hash_buckets)
@@ -235,10 +241,14 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
             for fm in fmts:
                 reader = RawReader(fm, skip_bad_rows, block_bytes, include_sparse=encoder.needs_counts,
                                    parse_threads=parse_threads)
-                n_file, last_pos = 0, 0
+                n_file, bad_file, first_bad, last_pos = 0, 0, None, 0
                 for blk in _prefetch(reader.blocks):
                     n = blk.num_rows
                     n_file += n
+                    bad_file += len(blk.bad)
+                    first_bad = first_bad or (blk.bad[0] if blk.bad else None)
+                    if n_file + bad_file >= BAD_SHARE_MIN_ROWS:
+                        _check_bad_share(fm, n_file, bad_file, first_bad)
                     if n and dense_fields:
                         dstats.update(blk.dense)
                     if n and encoder.needs_counts:
@@ -252,6 +262,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
                             bad_listed.append({"path": fm.path, "line": line, "problem": problem})
                     bar.update(blk.raw_pos - last_pos, n)
                     last_pos = blk.raw_pos
+                _check_bad_share(fm, n_file, bad_file, first_bad)
                 rows_per_input.append(n_file)
         finally:
             bar.close()
@@ -329,6 +340,18 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
                      seconds=time.perf_counter() - t_start, rows=n_total, bytes=total_bytes,
                      positives=positives)
     return read_meta(out)
+
+
+def _check_bad_share(fm, good: int, bad: int, example: tuple[int, str] | None) -> None:
+    """Stops a run whose rows are mostly bad: a wrong layout, not a few damaged lines."""
+    if bad <= BAD_SHARE_LIMIT * (good + bad):
+        return
+    unit = "row" if fm.name == "parquet" else "line"
+    eg = f" (first: {unit} {example[0]}: {example[1]})" if example else ""
+    raise RawInputError(f"{fm.path}: {bad:,} of the {good + bad:,} rows read are bad{eg}; with "
+                        f"more than {BAD_SHARE_LIMIT:.0%} bad the layout looks wrong (read as "
+                        f"{fm.name}, {len(fm.columns)} fields), so this stops even with "
+                        "--skip-bad-rows: check the file or pass the right --format")
 
 
 def _encode_block(blk, encoder: CategoricalEncoder, dense: str, dense_params: dict,

@@ -24,11 +24,15 @@ parquet       Parquet with raw columns (label, I1..I13, C1..C26; strings or inte
 number is known exactly), parsed by ``pyarrow.csv`` into a label vector, a float64 dense
 matrix (NaN = missing) and one Arrow binary array per categorical field.
 
-Bad rows (wrong field count, non-numeric integer field, label not 0/1) raise
-:class:`RawInputError` naming the file, the 1-based line number and the problem, or with
-``skip_bad_rows=True`` are dropped and reported in :attr:`RawBlock.bad`. A block that fails
-to parse is re-parsed by bisection to find its bad lines, so the fast path has no per-line
-Python work.
+Bad rows (wrong field count, non-numeric integer field, label not 0/1, a dense value that
+is not a finite float32: ``inf``, ``nan``, ``1e400``) raise :class:`RawInputError` naming the
+file, the 1-based line number and the problem, or with ``skip_bad_rows=True`` are dropped and
+reported in :attr:`RawBlock.bad`. Missing is an empty field (or another of pyarrow's null
+tokens such as ``NA``, ``NULL``; in Parquet also a float NaN). A block that fails to parse is
+re-parsed by bisection to find its bad lines, so the fast path has no per-line Python work.
+Lines of any length up to :data:`MAX_LINE_BYTES` work. Criteo lines ending with one extra,
+empty field (a trailing TAB: 41 fields, the first a 0/1 label on every sampled line, the last
+empty on most) are read as Criteo; a line with something in that last field is a bad row.
 
 Example::
 
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import math
 import os
 import re
 import zlib
@@ -52,6 +57,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from ctr.data.transforms import FLOAT32_MAX
 
 FORMATS = ("auto", "criteo", "criteo-test", "csv", "avazu", "avazu-x", "parquet")
 BLOCK_BYTES = 64 << 20
@@ -66,9 +73,11 @@ AVAZU_X_COLUMNS = [c for c in AVAZU_COLUMNS if c not in ("id", "click", "device_
 LABEL_NAMES = ("label", "click", "clicked", "target", "y")
 ID_NAMES = ("id",)
 WEEKDAY = "weekday"
-# what pyarrow reads as null in a numeric column (its defaults)
-NULL_TOKENS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-               "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"}
+MAX_LINE_BYTES = 1 << 30   # a longer "line" is not a click log (pyarrow's limit is 2 GiB)
+TRAILING = "_trailing_empty_field"
+# missing in a numeric column: pyarrow's default null tokens less its NaN spellings (NaN,
+# nan, -nan, 1.#IND, ...): a NaN, like inf or 1e400, in a dense field is a bad row
+MISSING_TOKENS = {"", "#N/A", "#N/A N/A", "#NA", "N/A", "NA", "NULL", "n/a", "null"}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DENSE_NAME = re.compile(r"^I\d+$")
 
@@ -160,6 +169,7 @@ def iter_byte_blocks(path: str | os.PathLike, compression: str | None, skip_head
     size = 0
     line = 1
     header_pending = skip_header
+    long_line = False  # the pending bytes are one line longer than a block, still unfinished
     raw_pos = 0
     chunks = iter_chunks(path, compression, min(block_bytes, 4 << 20))
     try:
@@ -174,13 +184,17 @@ def iter_byte_blocks(path: str | os.PathLike, compression: str | None, skip_head
                     continue
                 buf = buf[nl + 1:]
                 parts, size, line, header_pending = [buf], len(buf), 2, False
-            if size < block_bytes:
+            if size < block_bytes or (long_line and b"\n" not in chunk):
+                if long_line and size > MAX_LINE_BYTES:
+                    raise _err(path, line, f"longer than {MAX_LINE_BYTES >> 20} MiB without a line "
+                               "break; this is not a line-based text file")
                 continue
             buf = b"".join(parts)
             cut = buf.rfind(b"\n") + 1
-            if cut == 0:  # a line longer than a block: keep reading
-                parts = [buf]
+            if cut == 0:  # a line longer than a block: keep reading to its end
+                parts, long_line = [buf], True
                 continue
+            long_line = False
             rest = buf[cut:]
             # plain files: exactly the bytes of this block; gzip: compressed bytes read so far
             yield ByteBlock(buf[:cut], line, raw_pos - (len(rest) if compression is None else 0))
@@ -190,7 +204,9 @@ def iter_byte_blocks(path: str | os.PathLike, compression: str | None, skip_head
         pending = b"".join(parts)
         raise _err(path, line + pending.count(b"\n"),
                    f"truncated gzip file ({e}); the file is incomplete") from None
-    except (zlib.error, OSError) as e:
+    except zlib.error as e:
+        raise _err(path, line, f"corrupt gzip data ({e})") from None
+    except OSError as e:
         raise _err(path, line, f"cannot read: {e}") from None
     buf = b"".join(parts)
     if buf and not header_pending:
@@ -208,8 +224,10 @@ def head_lines(path: str | os.PathLike, compression: str | None, max_lines: int 
             size += len(chunk)
             if size >= max_bytes or b"".join(got).count(b"\n") > max_lines:
                 break
-    except (EOFError, zlib.error, OSError):
-        pass  # reported with a line number by the block reader
+    except (EOFError, zlib.error) as e:
+        if not got:  # nothing decompresses: garbage (or a cut) right after the gzip magic
+            raise _err(path, None, f"starts like gzip but is not valid gzip data ({e})") from None
+        # else reported with a line number by the block reader
     text = b"".join(got)
     if size >= max_bytes or text.count(b"\n") > max_lines:
         text = text[: text.rfind(b"\n") + 1] if b"\n" in text else text
@@ -239,6 +257,7 @@ class RawFormat:
     labels_path: str | None = None
     labels_compression: str | None = None
     labels_header: bool = False
+    trailing_empty: bool = False   # every line ends with one more, empty field (trailing TAB)
 
     @property
     def has_label(self) -> bool:
@@ -258,6 +277,8 @@ class RawFormat:
             out.update(delimiter=self.delimiter, header=self.header)
         if self.labels_path:
             out["labels"] = self.labels_path
+        if self.trailing_empty:
+            out["trailing_empty_field"] = True
         return out
 
 
@@ -320,8 +341,19 @@ def _format_name(dataset: str, delimiter: str, has_label: bool, names: list[str]
     return "csv"
 
 
+def _check_file(path: str, what: str = "input") -> None:
+    """A readable error for an input that is missing, a directory, or not a regular file."""
+    if os.path.isdir(path):
+        raise _err(path, None, f"is a directory; give the {what} file(s) inside it")
+    if not os.path.exists(path):
+        raise _err(path, None, "no such file")
+    if not os.path.isfile(path):
+        raise _err(path, None, f"is not a regular file; the {what} must be a file")
+
+
 def _labels_file(path: str) -> tuple[str | None, bool]:
     """(compression, header) of a one-column labels file."""
+    _check_file(path, "labels")
     comp = sniff_compression(path)
     if comp == "parquet":
         raise _err(path, None, "labels file must be text (one 0/1 per line), not Parquet")
@@ -333,6 +365,27 @@ def _labels_file(path: str) -> tuple[str | None, bool]:
     if header and len(lines) == 1:
         raise _err(path, 2, "labels file has a header but no labels")
     return comp, header
+
+
+def _unfit_dense(col: pa.ChunkedArray | pa.Array, nan_is_missing: bool = False) -> np.ndarray:
+    """Rows whose dense value is present but not a finite float32 (inf, NaN, 1e400, 1e39):
+    min-max scaling would be ruined and the float32 dataset cannot hold them."""
+    x = col.to_numpy(zero_copy_only=False)
+    ok = np.abs(x) <= FLOAT32_MAX
+    if nan_is_missing:
+        ok |= np.isnan(x)
+    elif col.null_count:
+        ok |= pc.is_null(col).to_numpy(zero_copy_only=False)
+    return ~ok
+
+
+def _unfit_problem(name: str, text: str) -> str:
+    try:
+        finite = math.isfinite(float(text))
+    except ValueError:
+        finite = False
+    why = "is too large for float32" if finite else "is not a finite number"
+    return f"integer field {name} {why}: {text!r}"
 
 
 def _is_number(s: str) -> bool:
@@ -350,8 +403,7 @@ def detect_format(path: str | os.PathLike, fmt: str = "auto",
     path = str(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
-    if not os.path.isfile(path):
-        raise _err(path, None, "no such file")
+    _check_file(path)
     if os.path.getsize(path) == 0:
         raise _err(path, 1, "empty file")
     comp = sniff_compression(path)
@@ -408,6 +460,7 @@ def _detect_text(path: str, comp: str | None, fmt: str) -> RawFormat:
         raise _err(path, 1, "neither TAB- nor comma-separated; cannot detect the format")
     fields = first.rstrip("\r").split(delim)
     header = _looks_like_header(fields)
+    trailing = False
     if not header:  # the most common field count of the first lines, not a truncated first line
         counts = [len(ln.rstrip("\r").split(delim)) for ln in nonempty]
         common = max(sorted(set(counts)), key=counts.count)
@@ -419,12 +472,15 @@ def _detect_text(path: str, comp: str | None, fmt: str) -> RawFormat:
             raise _err(path, 2, "header but no data rows")
     else:
         names = _names_by_count(len(fields))
+        if len(fields) == 41 and _ends_with_empty_field(nonempty, delim):
+            trailing = True
+            names = _names_by_count(40) + [TRAILING]
         if names is None:
             raise _err(path, 1, f"{len(fields)} {'TAB' if delim == chr(9) else 'comma'}-separated "
                        "fields and no header: not a known layout (Criteo 39/40/41, Avazu 21/23/24); "
                        "add a header line naming the columns")
     try:
-        lay = _layout_from_names(names)
+        lay = _layout_from_names(names[:-1] if trailing else names)
     except ValueError as e:
         raise _err(path, 1, f"header: {e}") from None
     name = _format_name(lay["dataset"], delim, lay["label"] is not None, names)
@@ -445,7 +501,17 @@ def _detect_text(path: str, comp: str | None, fmt: str) -> RawFormat:
         if avazu_hour:
             sparse.append(WEEKDAY)
     return RawFormat(path, name, lay["dataset"], comp, delim, header, names, lay["label"],
-                     lay["dense"], sparse, lay["drop"], avazu_hour=avazu_hour)
+                     lay["dense"], sparse, lay["drop"], avazu_hour=avazu_hour,
+                     trailing_empty=trailing)
+
+
+def _ends_with_empty_field(lines: list[str], delim: str) -> bool:
+    """41 fields that are Criteo's 40 plus a trailing delimiter, not the ``Id, label, ...``
+    layout: on every sampled line the first field is a 0/1 label (an ``Id`` column holds
+    distinct ids), and on most the last field is empty (the rest become bad rows)."""
+    rows = [p for p in (ln.rstrip("\r").split(delim) for ln in lines) if len(p) == 41]
+    return (bool(rows) and all(p[0] in ("0", "1") for p in rows)
+            and sum(p[-1] == "" for p in rows) > len(rows) / 2)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -592,8 +658,9 @@ class RawReader:
         self._numeric = ([f.label] if f.label else []) + list(f.dense)
         self._read_cols = self._numeric + (f.sparse_raw if include_sparse else [])
         if f.name != "parquet":
+            self._text_cols = self._read_cols + ([TRAILING] if f.trailing_empty else [])
             types = {c: pa.float64() for c in self._numeric}
-            types.update({c: pa.binary() for c in f.sparse_raw})
+            types.update({c: pa.binary() for c in self._text_cols if c not in types})
             self._read_opts = pacsv.ReadOptions(column_names=f.columns, use_threads=parse_threads,
                                                 block_size=1 << 20)
             quoting = f.delimiter == ","
@@ -601,7 +668,8 @@ class RawReader:
                                                   quote_char='"' if quoting else False,
                                                   double_quote=quoting, escape_char=False)
             self._conv_opts = pacsv.ConvertOptions(column_types=types,
-                                                   include_columns=self._read_cols or f.columns[:1],
+                                                   include_columns=self._text_cols or f.columns[:1],
+                                                   null_values=sorted(MISSING_TOKENS),
                                                    strings_can_be_null=False,
                                                    quoted_strings_can_be_null=False)
 
@@ -629,20 +697,35 @@ class RawReader:
     # ---------------------------------------------------------------- text
 
     def _parse(self, data: bytes) -> pa.Table:
-        return pacsv.read_csv(io.BytesIO(data), read_options=self._read_opts,
+        try:
+            return pacsv.read_csv(io.BytesIO(data), read_options=self._read_opts,
+                                  parse_options=self._parse_opts, convert_options=self._conv_opts)
+        except pa.ArrowInvalid as e:
+            if "straddl" not in str(e):
+                raise
+        # a line longer than pyarrow's 1 MB parse block: parse this data as one block
+        opts = pacsv.ReadOptions(column_names=self.fmt.columns, use_threads=self.parse_threads,
+                                 block_size=len(data) + 1)
+        return pacsv.read_csv(io.BytesIO(data), read_options=opts,
                               parse_options=self._parse_opts, convert_options=self._conv_opts)
+
+    def _fields(self, line: bytes) -> list[str]:
+        """One line's fields as text (CSV quotes stripped), for messages about it."""
+        parts = line.rstrip(b"\r").decode("utf-8", "replace").split(self.fmt.delimiter)
+        return [v.strip().strip('"') for v in parts] if self.fmt.delimiter == "," else parts
 
     def _diagnose(self, line: bytes, error: str) -> str:
         """A readable problem for one line pyarrow rejected."""
         f = self.fmt
-        text = line.rstrip(b"\r").decode("utf-8", "replace")
-        parts = text.split(f.delimiter)
+        parts = self._fields(line)
         if len(parts) != len(f.columns):
+            if f.trailing_empty:
+                return (f"has {len(parts)} fields, expected {len(f.columns)} (the file's lines "
+                        "end with an empty field)")
             return f"has {len(parts)} fields, expected {len(f.columns)}"
         for name, v in zip(f.columns, parts):
             if name in self._numeric:
-                v = v.strip().strip('"') if f.delimiter == "," else v
-                if v not in NULL_TOKENS and not _is_number(v):
+                if v not in MISSING_TOKENS and not _is_number(v):
                     what = "label" if name == f.label else f"integer field {name}"
                     return f"{what} is not a number: {v[:40]!r}"
         msg = error.splitlines()[0] if error else "cannot be parsed"
@@ -716,13 +799,14 @@ class RawReader:
         keep_mask = None
         label = None
         if f.label is not None and n:
-            lab = table.column(f.label).to_numpy()
+            col = table.column(f.label)
+            lab = col.to_numpy()
             ok = (lab == 0) | (lab == 1)
             if not ok.all():
                 rl = lines_of_rows()
+                null = pc.is_null(col).to_numpy(zero_copy_only=False)
                 for i in np.flatnonzero(~ok):
-                    problem = ("label is empty" if np.isnan(lab[i])
-                               else f"label {lab[i]:g} is not 0 or 1")
+                    problem = "label is empty" if null[i] else f"label {lab[i]:g} is not 0 or 1"
                     bad.append((int(rl[i]), problem))
                 keep_mask = ok
             label = lab.astype(np.float32)
@@ -745,6 +829,8 @@ class RawReader:
                                 + problem))
                 keep_mask = ok if keep_mask is None else keep_mask & ok
             label = ylab.astype(np.float32)
+        if n:
+            keep_mask = self._check_values(table, data, bb.first_line, lines_of_rows, keep_mask, bad)
         bad.sort()
         self._raise_first(bad)
         if n and keep_mask is not None and not keep_mask.all():
@@ -752,6 +838,31 @@ class RawReader:
             label = label[keep_mask] if label is not None else None
             n = table.num_rows
         return self._to_block(table, n, label, bad, bb.first_line, bb.raw_pos, n_lines)
+
+    def _check_values(self, table: pa.Table, data: bytes, first_line: int, lines_of_rows,
+                      keep_mask: np.ndarray | None, bad: list[tuple[int, str]]) -> np.ndarray | None:
+        """Marks rows with a dense value that is not a finite float32, or with something in
+        the trailing field that must be empty; returns the updated keep mask."""
+        f = self.fmt
+        checks = [(c, _unfit_dense(table.column(c))) for c in f.dense]
+        if f.trailing_empty:
+            checks.append((TRAILING, pc.greater(pc.binary_length(table.column(TRAILING)), 0)
+                           .to_numpy(zero_copy_only=False)))
+        unfit = np.zeros(table.num_rows, dtype=bool)
+        for _, b in checks:
+            unfit |= b
+        if not unfit.any():
+            return keep_mask
+        rl = lines_of_rows()
+        lines = data.split(b"\n")
+        new = unfit if keep_mask is None else unfit & keep_mask  # one problem per row
+        for i in np.flatnonzero(new):
+            c = next(c for c, b in checks if b[i])
+            text = self._fields(lines[rl[i] - first_line])[f.columns.index(c)][:40]
+            problem = (f"has a value after the last field ({text!r}); the file's lines end "
+                       "with an empty field" if c == TRAILING else _unfit_problem(c, text))
+            bad.append((int(rl[i]), problem))
+        return ~unfit if keep_mask is None else keep_mask & ~unfit
 
     def _to_block(self, table: pa.Table | None, n: int, label: np.ndarray | None,
                   bad: list[tuple[int, str]], first_line: int, raw_pos: int,
@@ -805,14 +916,28 @@ class RawReader:
 
     def _parquet_numeric(self, col: pa.ChunkedArray, name: str, first_row: int,
                          bad: dict[int, str]) -> np.ndarray:
+        """float64 values (NaN = missing); non-numbers, and dense values that are not finite
+        float32 (a float NaN is missing, a "nan" string is not), go into ``bad``."""
         t = col.type
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
-                or pa.types.is_null(t) or pa.types.is_decimal(t):
-            return col.cast(pa.float64()).to_numpy()
-        try:
-            return col.cast(pa.string()).cast(pa.float64()).to_numpy()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
+        dense = name != self.fmt.label
+        arr = None
+        numeric = (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                   or pa.types.is_null(t) or pa.types.is_decimal(t))
+        if numeric:
+            arr = col.cast(pa.float64())
+        else:
+            try:
+                arr = col.cast(pa.string()).cast(pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        if arr is not None:
+            out = arr.to_numpy()
+            if dense:
+                for i in np.flatnonzero(_unfit_dense(arr, nan_is_missing=numeric)):
+                    v = out[i] if numeric else col[int(i)].as_py()
+                    text = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                    bad.setdefault(first_row + int(i), _unfit_problem(name, text.strip()[:40]))
+            return out
         vals = col.to_pylist()
         out = np.full(len(vals), np.nan)
         for i, v in enumerate(vals):
@@ -820,13 +945,16 @@ class RawReader:
                 continue
             s = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             s = s.strip()
-            if s in NULL_TOKENS:
+            if s in MISSING_TOKENS:
                 continue
             try:
                 out[i] = float(s)
             except ValueError:
                 what = "label" if name == self.fmt.label else f"integer field {name}"
                 bad.setdefault(first_row + i, f"{what} is not a number: {s[:40]!r}")
+                continue
+            if dense and not abs(out[i]) <= FLOAT32_MAX:
+                bad.setdefault(first_row + i, _unfit_problem(name, s[:40]))
         return out
 
     def _parquet_block(self, table: pa.Table, first_row: int, raw_pos: int) -> RawBlock:

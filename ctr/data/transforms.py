@@ -4,8 +4,13 @@ Three kinds, all mapping a missing value (NaN) to 0 as the paper does:
 
 - ``minmax`` (the paper): ``(x - min) / (max - min)``, so values fall in [0, 1]; a constant
   column maps to 0. ``min``/``max`` are fitted over the whole input (all splits).
-- ``log1p``: ``sign(x) * log1p(|x|)``; defined for the negative integers Criteo has.
-- ``none``: the raw value.
+- ``log1p``: ``sign(x) * log1p(|x|)``: monotone and odd, so a negative value (Criteo's I2 has
+  -1..-3) maps to ``-log1p(|x|)`` rather than NaN; not fitted.
+- ``none``: the raw value (as float32).
+
+Inputs must be finite or NaN: the readers turn ``inf``, ``nan`` text and values beyond
+float32 into bad rows, and both functions here raise :class:`ValueError` on such a value rather
+than let it max out a min-max range or become a silent 0 or an inf.
 
 Example::
 
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 
 DENSE_TRANSFORMS = ("minmax", "log1p", "none")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DenseStats:
@@ -40,6 +46,7 @@ class DenseStats:
         """``values``: float [rows, fields] with NaN for missing."""
         if values.shape[0] == 0:
             return
+        _check_finite(values)
         with warnings.catch_warnings():  # an all-NaN column warns; its min stays +inf
             warnings.simplefilter("ignore", RuntimeWarning)
             self.min = np.fmin(self.min, np.nanmin(values, axis=0))
@@ -71,6 +78,7 @@ def apply_dense_transform(values: np.ndarray, kind: str, params: dict[str, Any],
     """Transforms float ``values`` [rows, len(fields)] (NaN = missing) to float32."""
     check_transform(kind)
     x = np.asarray(values, dtype=np.float64)
+    _check_finite(x)
     if kind == "minmax":
         lo = np.array([params[f]["min"] for f in fields], dtype=np.float64)
         hi = np.array([params[f]["max"] for f in fields], dtype=np.float64)
@@ -78,5 +86,10 @@ def apply_dense_transform(values: np.ndarray, kind: str, params: dict[str, Any],
         x = np.clip((x - lo) / span, 0.0, 1.0)  # clip: values outside the fitted range
     elif kind == "log1p":
         x = np.sign(x) * np.log1p(np.abs(x))
-    out = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-    return out
+    return np.nan_to_num(x, nan=0.0).astype(np.float32)
+
+
+def _check_finite(x: np.ndarray) -> None:
+    if (np.abs(x) > FLOAT32_MAX).any():  # NaN compares false: missing is fine
+        raise ValueError("dense values must be finite and within float32 range (NaN = missing); "
+                         f"got {x[np.abs(x) > FLOAT32_MAX].flat[0]:g}")
