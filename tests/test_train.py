@@ -95,7 +95,7 @@ def test_diverging_run_reports_diverged(small_dataset, tmp_path):
     assert "loss" in summary["message"] or "logloss" in summary["message"]
 
 
-@pytest.mark.parametrize("sharding", ["table_wise", "row_wise"])
+@pytest.mark.parametrize("sharding", ["auto", "table_wise", "row_wise"])
 def test_two_processes_match_one(small_dataset, tmp_path, sharding):
     """gloo, 2 ranks on CPU: same weights after several CowClip steps as 1 process."""
     common = ["--model", "deepfm", "--batch", "1k", "--data", str(small_dataset), "--epochs", "1",
@@ -114,11 +114,16 @@ def test_two_processes_match_one(small_dataset, tmp_path, sharding):
     t1, d1 = full_tables(tmp_path / "one")
     t2, d2 = full_tables(tmp_path / "two")
     assert t1.keys() == t2.keys()
+    assert d1.keys() == d2.keys()  # no table hides among rank 0's dense weights
     for k in t1:
         assert torch.allclose(t1[k], t2[k], atol=1e-5, rtol=1e-4), k
     for k in d1:
         assert torch.allclose(d1[k], d2[k], atol=1e-5, rtol=1e-4), k
     assert s2["test_auc"] == pytest.approx(s1["test_auc"], abs=1e-4)
+    # the 2-rank checkpoint evaluates in one process and gives the run's own test AUC
+    assert eval_cli.main(["--run", str(tmp_path / "two"), "--split", "test"]) == 0
+    ev = json.loads((tmp_path / "two" / "eval-test.json").read_text())
+    assert ev["auc"] == pytest.approx(s2["test_auc"], abs=1e-6)
 
 
 @pytest.mark.parametrize("text,value", [("1k", 1024), ("128K", 131072), ("131072", 131072)])

@@ -14,11 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from ctr.data.dataset import DatasetError, read_meta, write_json_atomic
+from ctr.data.dataset import DatasetError, read_meta
+from ctr.exitcodes import EXIT_OK, EXIT_USAGE
+from ctr.fsutil import write_json_atomic
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,20 +41,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="processed dataset (default: the one the run trained on)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch", type=int, default=65536)
+    p.add_argument("--batch", type=_positive, default=65536)
     p.add_argument("--json", help="where to write the metrics (default RUN/eval-SPLIT.json)")
     args = p.parse_args(argv)
     from ctr.train.checkpoint import CheckpointError
+    out = Path(args.json) if args.json else Path(args.run) / f"eval-{args.split}.json"
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        print(f"ctr-eval: cannot write {out}: {out.parent} is not a writable directory", file=sys.stderr)
+        return EXIT_USAGE
     try:
         metrics = evaluate_run(args.run, args.data, args.split, args.device, args.batch)
-    except (DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"ctr-eval: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.json) if args.json else Path(args.run) / f"eval-{args.split}.json"
-    write_json_atomic(out, metrics)
+        return EXIT_USAGE
     print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    try:
+        write_json_atomic(out, metrics)
+    except OSError as e:
+        print(f"ctr-eval: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"written: {out}")
-    return 0
+    return EXIT_OK
 
 
 def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int) -> dict:
@@ -59,8 +79,15 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
     cfg_file = run_dir / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
-    cfg = json.loads(cfg_file.read_text())
-    data = data or cfg["data"]
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{cfg_file}: unreadable run configuration ({e})") from e
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
+        raise DatasetError(f"{cfg_file}: not a ctr-train configuration (no 'model')")
+    data = data or cfg.get("data")
+    if not data:
+        raise DatasetError(f"{cfg_file}: names no dataset; pass --data")
     meta = read_meta(data)
     state = ckpt.load_checkpoint(run_dir)
     t0 = time.time()

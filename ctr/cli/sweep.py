@@ -8,15 +8,20 @@ Examples::
               --scaling none,sqrt,linear,cowclip --data data/criteo --epochs 10
 
 Writes OUT/report.md, OUT/results.json and OUT/auc_vs_batch.png (OUT defaults to
-sweeps/<preset>); running it again skips the cells already done.
+sweeps/<preset>); running it again skips the cells already done. One sweep at a time per OUT.
+Ctrl-C lets the running cells save a checkpoint, then exits 130; the same command resumes.
+Exit codes: 0 every cell done, 1 some cell failed or was skipped, 2 bad flags or preset or OUT
+in use, 130 interrupted (143 on SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 
-from ctr.optim.scaling import parse_batch
+from ctr.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 
 def _list(text: str) -> list[str]:
@@ -38,23 +43,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (default sweeps/<preset>)")
     p.add_argument("--train-args", type=lambda t: t.split(), help="extra ctr-train flags, quoted")
     args = p.parse_args(argv)
-    from ctr.sweep.runner import SweepSpec, run_sweep
+    resume = "ctr-sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
-        batches = [parse_batch(b) for b in args.batches] if args.batches else None
-        spec = SweepSpec.from_preset(args.preset, models=args.models, batches=batches, rules=args.rules,
-                                     seeds=args.seeds, epochs=args.epochs, data=args.data,
-                                     nproc=args.nproc, jobs=args.jobs, out=args.out, train_args=args.train_args)
+        return _run(args, resume)
+    except KeyboardInterrupt:  # outside the cells (imports, data generation, the last report)
+        print(f"\nctr-sweep: interrupted; finished cells are kept. Resume with: {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace, resume: str) -> int:
+    from ctr.fsutil import DirLockError
+    from ctr.sweep.runner import DONE, SweepInterrupted, SweepSpec, run_sweep, tally
+    try:
+        spec = SweepSpec.from_preset(args.preset, models=args.models, batches=args.batches,
+                                     rules=args.rules, seeds=args.seeds, epochs=args.epochs,
+                                     data=args.data, nproc=args.nproc, jobs=args.jobs, out=args.out,
+                                     train_args=args.train_args)
     except (FileNotFoundError, ValueError) as e:
         print(f"ctr-sweep: {e}", file=sys.stderr)
-        return 2
-    result = run_sweep(spec)
+        return EXIT_USAGE
     out = spec.out_dir
-    failed = [r["cell"] for r in result["results"] if r["status"] not in ("ok", "diverged")]
+    try:
+        run_sweep(spec)
+    except DirLockError as e:
+        print(f"ctr-sweep: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except SweepInterrupted as e:
+        runs = tally(spec, out)
+        total = sum(map(len, runs.values()))
+        done = sum(len(runs.get(s, [])) for s in DONE)
+        stopped = len(runs.get("interrupted", []))
+        never = sum(not (out / "runs" / n / "train.log").exists() for n in runs.get("pending", []))
+        print(f"\nctr-sweep: stopped by {signal.Signals(e.signum).name}; no cell is running. "
+              f"{done} of {total} runs done ({len(e.finished)} in this session), {stopped} interrupted "
+              f"(they continue from their checkpoint), {total - done - stopped - never} failed, "
+              f"{never} not started. Report so far: {out / 'report.md'}. Resume with: {resume}",
+              file=sys.stderr)
+        return e.exit_code
     print(f"report: {out / 'report.md'}  results: {out / 'results.json'}  plot: {out / 'auc_vs_batch.png'}")
+    failed = [name for status, names in tally(spec, out).items() if status not in DONE for name in names]
     if failed:
         print(f"cells that did not finish: {failed} (see their train.log; re-run to retry)")
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

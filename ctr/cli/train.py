@@ -21,7 +21,7 @@ from ctr.distributed.sharding import SHARDING_CHOICES
 from ctr.optim.scaling import RULES, format_batch, parse_batch
 from ctr.train.config import CONFIG_DIR, load_config
 
-EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+from ctr.exitcodes import EXIT_USAGE, exit_code_for_status
 MODELS = ("deepfm", "dcn", "dcnv2", "wd")
 
 
@@ -39,6 +39,16 @@ def _batch(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e))
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctr-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="which configs/<dataset>/ to take defaults from "
                    "(default: the dataset's meta.json 'dataset')")
     p.add_argument("--scaling", choices=RULES, help="hyperparameter rule from the base batch")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=_positive)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--sharding", choices=SHARDING_CHOICES)
-    p.add_argument("--nproc", type=int, default=1, help="launch this many local worker processes")
+    p.add_argument("--nproc", type=_positive, default=1, help="launch this many local worker processes")
     p.add_argument("--out", help="run directory (default: runs/<model>-<batch>-<scaling>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     g = p.add_argument_group("hyperparameters (base values, before the scaling rule)")
@@ -68,16 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cowclip-warmup-epochs", type=float,
                    help="dense warm-up of the cowclip rule (default 1 epoch, the paper's)")
     g = p.add_argument_group("model")
-    g.add_argument("--embedding-dim", type=int)
+    g.add_argument("--embedding-dim", type=_positive)
     g.add_argument("--mlp", type=_mlp)
     g.add_argument("--init-std", type=float)
-    g.add_argument("--cross-layers", type=int)
-    g.add_argument("--dcnv2-low-rank", type=int)
+    g.add_argument("--cross-layers", type=_positive)
+    g.add_argument("--dcnv2-low-rank", type=_positive)
     g = p.add_argument_group("run")
     g.add_argument("--drop-last", action="store_true", default=None,
                    help="drop the last partial batch of each epoch")
     g.add_argument("--eval-batch", type=_batch)
-    g.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    g.add_argument("--max-steps", type=_positive, help="stop after this many steps (smoke tests)")
     g.add_argument("--quiet", action="store_true")
     return p
 
@@ -109,9 +119,55 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _refuse_reuse(run_dir: Path, resume: bool) -> str | None:
+    """Why ``run_dir`` cannot be used as asked (None if it can). Never modifies it."""
+    from ctr.train.checkpoint import has_checkpoint
+    from ctr.train.rundir import read_summary
+    if resume:
+        if not run_dir.is_dir():
+            return f"--resume: {run_dir} does not exist (mistyped --out?)"
+        if not (run_dir / "config.json").is_file() and not has_checkpoint(run_dir):
+            return f"--resume: {run_dir} holds no run (no config.json, no checkpoint)"
+        return None
+    summary = read_summary(run_dir)
+    if summary is not None:
+        if summary.get("status") == "interrupted":
+            return f"{run_dir} holds an interrupted run; pass --resume to continue it, or pick another --out"
+        return f"{run_dir} already holds a finished run (status {summary.get('status')}); pick another --out"
+    if has_checkpoint(run_dir):
+        return f"{run_dir} has a checkpoint; pass --resume to continue it"
+    return None
+
+
+def _check_resume_config(run_dir: Path, cfg) -> None:
+    """Refuses, before anything is written, a --resume with another model or batch than the
+    run's config.json (the workers check the checkpoint itself again)."""
+    import json
+
+    from ctr.train.checkpoint import CheckpointError, check_compatible
+    f = run_dir / "config.json"
+    if not f.is_file():
+        return
+    try:
+        saved = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{f}: unreadable ({e})") from e
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{f}: expected a JSON object")
+    check_compatible(saved, cfg.to_dict(), run_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    worker = "RANK" in os.environ   # a torchrun worker: the launcher did the checks and holds the lock
+    if worker:
+        from ctr.distributed.env import die_with_parent
+        die_with_parent()
+    from ctr.fsutil import DirLockError
+    from ctr.train.checkpoint import CheckpointError
+    from ctr.train.config import ConfigError
+    from ctr.train.rundir import hold_run_lock, release_run_lock
     try:
         data, family = resolve_data(args.data)
     except (DatasetError, FileNotFoundError) as e:
@@ -119,43 +175,44 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     dataset = args.dataset or family
     # Under torchrun every rank must agree on the name: its run id is shared, a clock is not.
-    stamp = os.environ.get("TORCHELASTIC_RUN_ID") if "RANK" in os.environ else None
+    stamp = os.environ.get("TORCHELASTIC_RUN_ID") if worker else None
     out = args.out or str(Path("runs") / f"{args.model}-{format_batch(args.batch or 1024)}-"
                           f"{args.scaling or 'default'}-{stamp or time.strftime('%Y%m%d-%H%M%S')}")
-    if args.nproc > 1 and "RANK" not in os.environ:
-        from ctr.distributed.env import launch_workers
-        child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]
-        return launch_workers(args.nproc, "ctr.cli.train", child)
     overrides = {k: getattr(args, k) for k in (
         "batch", "scaling", "epochs", "seed", "device", "sharding", "base_batch", "dense_lr",
         "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "cowclip_lower_bound",
         "cowclip_warmup_epochs", "embedding_dim", "mlp", "init_std", "cross_layers", "dcnv2_low_rank",
         "drop_last", "eval_batch", "max_steps")}
     overrides.update(data=data, out=out)
+    run_dir = Path(out)
+    locked = False
     try:
         cfg = load_config(args.model, dataset, path=args.config, overrides=overrides)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"ctr-train: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    run_dir = Path(out)
-    if (run_dir / "summary.json").exists() and not args.resume and "RANK" not in os.environ:
-        print(f"ctr-train: {run_dir} already holds a finished run; pick another --out", file=sys.stderr)
-        return EXIT_USAGE
-    if (run_dir / "checkpoint").exists() and not args.resume and "RANK" not in os.environ:
-        print(f"ctr-train: {run_dir} has a checkpoint; pass --resume to continue it", file=sys.stderr)
-        return EXIT_USAGE
-    from ctr.train.checkpoint import CheckpointError
-    from ctr.train.trainer import Trainer
-    try:
+        if not worker:
+            reason = _refuse_reuse(run_dir, args.resume)
+            if reason:
+                print(f"ctr-train: {reason}", file=sys.stderr)
+                return EXIT_USAGE
+            locked = hold_run_lock(run_dir)
+            if args.resume:
+                _check_resume_config(run_dir, cfg)
+        if args.nproc > 1 and not worker:
+            from ctr.distributed.env import launch_workers
+            child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]
+            return launch_workers(args.nproc, "ctr.cli.train", child, run_dir=run_dir)
+        from ctr.train.trainer import Trainer
         summary = Trainer(cfg, resume=args.resume, quiet=args.quiet).run()
-    except (DatasetError, CheckpointError, ValueError) as e:
+    except (ConfigError, DatasetError, CheckpointError, DirLockError, FileNotFoundError) as e:
         print(f"ctr-train: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if locked:
+            release_run_lock(run_dir)
     if not args.quiet and int(os.environ.get("RANK", 0)) == 0:
         print(f"run: {out}  status: {summary['status']}  test AUC: {summary.get('test_auc', float('nan')):.4f}"
               + (f"  oracle AUC: {summary['oracle_test_auc']:.4f}" if "oracle_test_auc" in summary else "")
               + f"  samples/s: {summary['samples_per_second']:,.0f}  peak RSS: {summary['peak_rss_mb']:,.0f} MB")
-    return {"ok": EXIT_OK, "diverged": EXIT_DIVERGED}.get(summary["status"], EXIT_INTERRUPTED)
+    return exit_code_for_status(summary["status"])
 
 
 if __name__ == "__main__":

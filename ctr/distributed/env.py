@@ -2,7 +2,7 @@
 
 ::
 
-    ctr-train --nproc N ──exec──▶ torchrun --nproc_per_node N -m ctr.cli.train ...
+    ctr-train --nproc N ──child──▶ torchrun --nproc_per_node N -m ctr.cli.train ...
     torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) ──▶ init_distributed() joins that group
     plain `ctr-train` (no RANK) ──▶ init_distributed() makes a group of one on a free port
 
@@ -18,14 +18,21 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from ctr.exitcodes import exit_code_for_status
+from ctr.procs import die_with_parent, run_child
+
+__all__ = ["DistEnv", "die_with_parent", "free_port", "init_distributed", "launch_workers",
+           "resolve_device", "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -82,10 +89,39 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def launch_workers(nproc: int, module: str, argv: list[str]) -> int:
-    """Runs ``python -m module argv`` in ``nproc`` local processes under torchrun; returns its code."""
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def launch_workers(nproc: int, module: str, argv: list[str],
+                   run_dir: str | os.PathLike | None = None) -> int:
+    """Runs ``python -m module argv`` in ``nproc`` local processes under torchrun; returns the
+    run's exit code.
+
+    torchrun is started by :func:`ctr.procs.run_child`: it gets SIGTERM if this launcher dies,
+    a Ctrl-C makes the launcher wait for the workers' checkpoint, and a SIGTERM is passed on.
+    torchrun exits 1 whenever a worker fails, so a diverged (3) or interrupted (130) run would
+    look like a crash: if ``run_dir/summary.json`` was written during this launch (it is not the
+    file that was there before: ``write_json_atomic`` always makes a new inode), its status
+    decides the code (:mod:`ctr.exitcodes`); otherwise torchrun's code is returned.
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"--nproc must be a whole number of processes >= 1, not {nproc!r}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", module, *argv]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get(
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))))
-    return subprocess.call(cmd, env=env)
+    summary = Path(run_dir) / "summary.json" if run_dir is not None else None
+    before = _stamp(summary) if summary else None
+    code = run_child(cmd, env=env)
+    if summary and _stamp(summary) not in (None, before):
+        try:
+            status = json.loads(summary.read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            return code
+        return exit_code_for_status(status, default=code)
+    return code

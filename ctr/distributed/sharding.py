@@ -201,18 +201,30 @@ class FusedGroup:
         return self.shards[0].kind
 
 
+def is_table_param(name: str) -> bool:
+    """Whether a DMP parameter name is an embedding table's (``sparse.embedding.embedding_bags.
+    emb_C1.weight``). By name, not by type: a table placed on another rank still appears here,
+    as an empty plain ``Parameter``, and must not be taken for a dense weight."""
+    return any(f"{m}.embedding_bags." in name for m in SPARSE_MODULES)
+
+
+def dense_parameters(dmp: nn.Module) -> dict[str, nn.Parameter]:
+    """The dense (non-table) parameters by name: the same names under any sharding and world size."""
+    return {n: p for n, p in dmp.named_parameters() if not is_table_param(n)}
+
+
 def fused_groups(dmp: nn.Module) -> list[FusedGroup]:
     """This rank's embedding storage, grouped by fused buffer, each shard with its global rows."""
     sd = dmp.state_dict()
     groups: dict[int, FusedGroup] = {}
     for name, p in dmp.named_parameters():
-        if not hasattr(p, "_original_tensor"):
-            continue
+        if not is_table_param(name) or not hasattr(p, "_original_tensor"):
+            continue  # dense, or a table-wise table placed on another rank
+        if p.numel() == 0:
+            continue  # an empty shard (more ranks than rows)
         parts = name.split(".")
         table = parts[parts.index("embedding_bags") + 1]
         kind = "embedding" if table.startswith("emb_") else "linear"
-        if p.numel() == 0:
-            continue  # a table-wise table placed on another rank
         rows, dim = p.shape
         value = sd[name]
         if hasattr(value, "local_shards"):  # ShardedTensor: table_wise / row_wise

@@ -188,6 +188,7 @@ class CTROptimizer:
         for g in self.groups:
             st = self.sparse.state[g.weight]
             if not st:
-                st["step"] = torch.zeros((), dtype=torch.float32)
+                # on the parameter's device: torch's fused CUDA Adam wants its step there
+                st["step"] = torch.zeros((), dtype=torch.float32, device=g.weight.device)
                 st["exp_avg"] = torch.zeros_like(g.weight)
                 st["exp_avg_sq"] = torch.zeros_like(g.weight)

@@ -7,18 +7,18 @@
                                             ▶ auc_vs_batch.png  one line per rule, the smallest
                                                              batch's AUC as a dashed reference
 
-Every file is written to a temporary name and renamed, so a reader never sees half of one.
+Every file is written to a temporary name and renamed (:mod:`ctr.fsutil`), so a reader never
+sees half of one and a killed sweep's temporaries are cleaned by the next.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import uuid
 from pathlib import Path
 from typing import Any
 
-from ctr.data.dataset import write_json_atomic
+from ctr.fsutil import temp_path, write_bytes_atomic, write_json_atomic
 from ctr.optim.scaling import format_batch
 
 
@@ -59,6 +59,23 @@ def spread(results: list[dict[str, Any]], model: str, batch: int, rule: str) -> 
             "range": max(aucs) - min(aucs)}
 
 
+def auc_changes(spec, results: list[dict[str, Any]], model: str) -> list[str]:
+    """Per rule, AUC at the largest batch minus AUC at the base batch (the spec's base_batch,
+    else the smallest batch): the number the paper is about. Said to be absent when the base
+    batch is not in the sweep or is its only batch, rather than a difference of a batch with itself."""
+    base, hi = spec.base_batch or min(spec.batches), max(spec.batches)
+    if base not in spec.batches:
+        return [f"- no AUC change from the base batch: the base batch {format_batch(base)} is absent "
+                f"from this sweep (batches {', '.join(format_batch(b) for b in sorted(spec.batches))})"]
+    if hi == base:
+        return [f"- no AUC change from the base batch: {format_batch(base)} is this sweep's only batch"]
+    ok = {(r["batch"], r["rule"]): r["test_auc"] for r in results
+          if r["model"] == model and r["status"] == "ok" and r["seed"] == spec.seeds[0]}
+    return [f"- {rule}: AUC at {format_batch(hi)} minus AUC at {format_batch(base)} = "
+            f"{ok[(hi, rule)] - ok[(base, rule)]:+.4f}"
+            for rule in spec.rules if (base, rule) in ok and (hi, rule) in ok]
+
+
 def render_markdown(spec, results: list[dict[str, Any]], data: str) -> str:
     lines = [f"# Sweep `{spec.name}`", "",
              f"Data: `{data}`; {spec.epochs} epoch(s) per cell; seeds {spec.seeds}. "
@@ -80,14 +97,7 @@ def render_markdown(spec, results: list[dict[str, Any]], data: str) -> str:
                 lines += [f"Seed-to-seed spread of {model} at {format_batch(sp['batch'])} / {sp['rule']}: "
                           f"{sp['seeds']} seeds, mean AUC {sp['mean']:.4f}, std {sp['std']:.4f}, "
                           f"range {sp['range']:.4f}.", ""]
-        ok = {(r["batch"], r["rule"]): r["test_auc"] for r in results
-              if r["model"] == model and r["status"] == "ok" and r["seed"] == spec.seeds[0]}
-        lo, hi = min(spec.batches), max(spec.batches)
-        for rule in spec.rules:
-            if (lo, rule) in ok and (hi, rule) in ok:
-                lines.append(f"- {rule}: AUC at {format_batch(hi)} minus AUC at {format_batch(lo)} = "
-                             f"{ok[(hi, rule)] - ok[(lo, rule)]:+.4f}")
-        lines.append("")
+        lines += auc_changes(spec, results, model) + [""]
     diverged = [r["cell"] for r in results if r["status"] == "diverged"]
     if diverged:
         lines += ["Diverged cells: " + ", ".join(diverged), ""]
@@ -124,10 +134,13 @@ def plot(spec, results: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def write_report(spec, all_cells: list, out: Path, data: str) -> dict[str, Any]:
@@ -137,10 +150,7 @@ def write_report(spec, all_cells: list, out: Path, data: str) -> dict[str, Any]:
     payload = {"name": spec.name, "data": data, "epochs": spec.epochs, "results": results,
                "spread": spreads}
     write_json_atomic(out / "results.json", payload)
-    md = out / "report.md"
-    tmp = md.with_name(f".report.md.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(render_markdown(spec, results, data))
-    os.replace(tmp, md)
+    write_bytes_atomic(out / "report.md", render_markdown(spec, results, data).encode())
     if any(r["status"] == "ok" for r in results):
         plot(spec, results, out / "auc_vs_batch.png")
     return payload

@@ -27,6 +27,10 @@ from ctr.optim.scaling import Hyperparams, parse_batch, scale_hyperparams
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
+class ConfigError(ValueError):
+    """A training setting is unknown or out of range; the message names it."""
+
+
 @dataclass
 class TrainConfig:
     model: str = "deepfm"
@@ -63,6 +67,17 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "TrainConfig":
+        """Raises :class:`ConfigError` for a value no run can use (``--epochs 0`` and the like)."""
+        positive = {"batch": self.batch, "base_batch": self.base_batch, "epochs": self.epochs,
+                    "eval_batch": self.eval_batch, "log_every": self.log_every}
+        if self.max_steps is not None:
+            positive["max_steps"] = self.max_steps
+        for key, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, not {value!r}")
+        return self
+
 
 def config_path(dataset: str, model: str) -> Path:
     return CONFIG_DIR / dataset / f"{model}.yaml"
@@ -75,9 +90,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from e
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
 
 
@@ -89,7 +104,7 @@ def load_config(model: str, dataset: str = "synthetic", path: str | Path | None 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"{src}: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"{src}: unknown keys {sorted(unknown)}")
     values.setdefault("model", model)
     values.setdefault("dataset", dataset)
     cfg = TrainConfig(**values)
@@ -103,7 +118,10 @@ def load_config(model: str, dataset: str = "synthetic", path: str | Path | None 
         elif key in known:
             setattr(cfg, key, value)
         else:
-            raise ValueError(f"unknown setting {key!r}")
-    cfg.batch = parse_batch(cfg.batch)
-    cfg.base_batch = parse_batch(cfg.base_batch)
-    return cfg
+            raise ConfigError(f"unknown setting {key!r}")
+    try:
+        cfg.batch = parse_batch(cfg.batch)
+        cfg.base_batch = parse_batch(cfg.base_batch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return cfg.validate()

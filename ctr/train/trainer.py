@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,28 +32,28 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ctr.data.dataset import read_meta, resolve_split, write_json_atomic
+from ctr.data.dataset import DatasetError, read_meta, resolve_split
 from ctr.data.loader import BatchLoader, SplitTensors
 from ctr.distributed.env import DistEnv, init_distributed, shutdown_distributed
-from ctr.distributed.sharding import describe_plan, fused_groups, init_embeddings_, shard_model
+from ctr.distributed.sharding import (dense_parameters, describe_plan, fused_groups, init_embeddings_,
+                                      shard_model)
 from ctr.models import ModelConfig, build_model
 from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.scaling import describe, format_batch
+from ctr.faults import fault_point
+from ctr.fsutil import write_bytes_atomic, write_json_atomic
 from ctr.train import checkpoint as ckpt
 from ctr.train.config import TrainConfig
+from ctr.train.divergence import Diverged, LossGuard
 from ctr.train.metrics import click_metrics, peak_memory_mb
+from ctr.train.rundir import hold_run_lock, read_summary, release_run_lock
+from ctr.train.signals import StopSignals
+
+__all__ = ["Diverged", "Trainer", "predict"]
 
 
-class Diverged(Exception):
-    """The loss became NaN or infinite."""
-
-
-def _all_true(flag: bool, device: torch.device) -> bool:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item() > 0)
+class _StopRequested(Exception):
+    """Every rank finished the same step after a SIGINT/SIGTERM: save and stop."""
 
 
 @torch.no_grad()
@@ -84,8 +83,9 @@ class Trainer:
     """One training run of one model at one batch size; see the module docstring."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False):
-        self.cfg, self.resume, self.quiet = cfg, resume, quiet
+        self.cfg, self.resume, self.quiet = cfg.validate(), resume, quiet
         self.run_dir = Path(cfg.out) if cfg.out else None
+        self._stop = StopSignals()   # its handlers are installed only inside fit()
 
     # ------------------------------------------------------------------ set-up
     def log(self, msg: str) -> None:
@@ -95,6 +95,8 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self.env = env = init_distributed(cfg.device)
+        if self.run_dir and env.is_main:
+            hold_run_lock(self.run_dir)  # before anything is read or written there
         if env.device.type == "cpu":
             # In the paper's regime a row absent from many batches sees only its L2 gradient and
             # Adam shrinks it geometrically toward 0: millions of denormal floats appear in its
@@ -105,6 +107,12 @@ class Trainer:
         self.hp = cfg.resolved_hparams()
         t0 = time.time()
         self.train_data = SplitTensors.load(cfg.data, "train")
+        if self.train_data.num_rows == 0:
+            raise DatasetError(f"{cfg.data}: the train split has no rows")
+        if cfg.batch > self.train_data.num_rows:
+            raise DatasetError(f"batch {format_batch(cfg.batch)} is larger than the train split of "
+                               f"{cfg.data} ({self.train_data.num_rows:,} rows): every epoch would be "
+                               "one partial step; use a smaller --batch or more data")
         self.test_data = SplitTensors.load(cfg.data, "test")
         # The paper's protocol has no separate validation split (valid is an alias of test).
         same = resolve_split(meta, "valid") == resolve_split(meta, "test")
@@ -124,21 +132,22 @@ class Trainer:
         self.loader = BatchLoader(self.train_data, cfg.batch, shuffle=True, seed=cfg.seed,
                                   drop_last=cfg.drop_last, rank=env.rank, world_size=env.world_size)
         self.steps_per_epoch = len(self.loader)
-        dense = [p for _, p in self.dmp.named_parameters() if not hasattr(p, "_original_tensor")]
+        dense = list(dense_parameters(self.dmp).values())
         warmup = int(round(self.hp.warmup_epochs * self.steps_per_epoch))
         self.opt = CTROptimizer(dense, self.groups, self.hp, warmup, meta["sparse_fields"],
                                 lower_bound=cfg.cowclip_lower_bound)
+        self.guard = LossGuard(float(self.train_data.labels.float().mean()))
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
                  f"warmup {warmup} steps; {env.world_size} rank(s) on {env.device} ({env.backend})")
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        self.done_seconds, self.done_samples = 0.0, 0   # training time and samples before a resume
         self.metrics_log: list[dict[str, Any]] = []
+        if self.resume:
+            self._resume()  # refuses another configuration before anything is written
         if self.run_dir and env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(),
                                                            "resolved_hparams": self.hp.__dict__})
-        if self.resume:
-            self._resume()
 
     def _resume(self) -> None:
         if not self.run_dir or not ckpt.has_checkpoint(self.run_dir):
@@ -151,23 +160,46 @@ class Trainer:
             torch.set_rng_state(state["rng"])
         p = state["progress"]
         self.start_epoch, self.start_step, self.global_step = p["epoch"], p["step"], p["global_step"]
-        if self.start_step >= self.steps_per_epoch:
-            self.start_epoch, self.start_step = self.start_epoch + 1, 0
-        mfile = self.run_dir / "metrics.jsonl"
-        if mfile.is_file():
-            self.metrics_log = [json.loads(line) for line in mfile.read_text().splitlines() if line]
+        self.done_seconds, self.done_samples = float(p.get("train_seconds", 0.0)), int(p.get("samples", 0))
+        # (e, steps_per_epoch): epoch e's steps are done but not its validation; fit() does that.
+        if self.env.is_main:
+            ckpt.clean_checkpoint_dir(self.run_dir)
+        self.metrics_log = self._metrics_up_to(self.start_epoch)
         self.log(f"resumed from {self.run_dir}/checkpoint at epoch {self.start_epoch} "
                  f"step {self.start_step} (global step {self.global_step})")
+
+    def _metrics_up_to(self, epochs_done: int) -> list[dict[str, Any]]:
+        """metrics.jsonl rows of the epochs the checkpoint has completed, once each. A kill
+        between a row and its checkpoint, or a stop mid-epoch, leaves rows the resumed run
+        writes again; they are dropped here."""
+        assert self.run_dir is not None
+        mfile = self.run_dir / "metrics.jsonl"
+        if not mfile.is_file():
+            return []
+        rows: dict[int, dict[str, Any]] = {}
+        lines = mfile.read_text().splitlines()
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill mid-write
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= epochs_done:
+                rows[row["epoch"]] = row
+        kept = [rows[e] for e in sorted(rows)]
+        if self.env.is_main and len(kept) != len(lines):
+            write_bytes_atomic(mfile, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        return kept
 
     # ------------------------------------------------------------------ running
     def evaluate(self, data: SplitTensors) -> dict[str, Any]:
         probs, labels = predict(self.dmp, data, self.cfg.eval_batch, self.env)
         return click_metrics(labels, probs)
 
-    def _save(self, epoch: int, step: int) -> None:
+    def _save(self, epoch: int, step: int, train_seconds: float, samples: int) -> None:
         if self.run_dir:
             ckpt.save_checkpoint(self.run_dir, self.env, self.dmp, self.groups, self.opt,
-                                 {"epoch": epoch, "step": step, "global_step": self.global_step},
+                                 {"epoch": epoch, "step": step, "global_step": self.global_step,
+                                  "train_seconds": train_seconds, "samples": samples},
                                  self.cfg.to_dict())
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
@@ -176,18 +208,39 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def _agree(self, loss_sum: float, rows: int) -> tuple[float, bool]:
+        """(mean loss over the global batch, whether any rank was asked to stop). One small
+        all-reduce carries both, so every rank takes the same decision after the same step."""
+        stop = self._stop.requested is not None
+        if self.env.world_size == 1:
+            return loss_sum / max(1, rows), stop
+        t = torch.tensor([loss_sum, float(rows), float(stop)], dtype=torch.float64)
+        if self.env.backend == "nccl":
+            t = t.to(self.env.device)
+        dist.all_reduce(t)
+        total, n, stops = t.tolist()
+        return total / max(1.0, n), stops > 0
+
     def train_step(self, batch, where: str = "") -> float:
-        """Forward, backward, optimizer step on one batch; returns this rank's mean loss."""
+        """Forward, backward, optimizer step on one batch; returns the global batch's mean loss.
+
+        Raises :class:`Diverged` (before updating anything) when the loss is not finite or has
+        stayed above the threshold of :mod:`ctr.train.divergence`, and :class:`_StopRequested`
+        after a complete step when a rank received SIGINT/SIGTERM."""
         batch = batch.to(self.env.device)
         logits = self.dmp(batch.dense, batch.sparse)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
-        loss = loss_sum.item() / max(1, batch.labels.numel())  # the step's one host read
-        if not _all_true(math.isfinite(loss), self.env.device):
-            raise Diverged(f"loss is {loss} at {where} (global step {self.global_step})")
+        loss, stop = self._agree(loss_sum.item(), batch.labels.numel())  # the step's one host read
+        self.guard.update(loss, f"{where} (global step {self.global_step})")
         self.opt.zero_grad()
         (loss_sum * (self.env.world_size / batch.global_size)).backward()
+        fault_point("train.mid_step")
         self.opt.step(batch.global_ids)
         self.global_step += 1
+        # Alone, stop right after the step the signal came in; with peers, after the step
+        # whose all-reduce carried it (so all ranks stop after the same one).
+        if stop or (self.env.world_size == 1 and self._stop.requested):
+            raise _StopRequested
         return loss
 
     def fit(self) -> dict[str, Any]:
@@ -195,58 +248,81 @@ class Trainer:
         world = env.world_size
         status, message = "ok", ""
         t_start = time.time()
-        train_seconds, samples = 0.0, 0
+        train_seconds, samples = self.done_seconds, self.done_samples
         epoch, step = self.start_epoch, self.start_step
+        finished_before = (self.resume and self.start_epoch >= cfg.epochs and self.run_dir is not None
+                           and (read_summary(self.run_dir) or {}).get("status") == "ok")
+        if finished_before:  # nothing left to train: keep the finished run's summary as it is
+            assert self.run_dir is not None
+            self.log(f"{self.run_dir}: already trained {cfg.epochs} epoch(s); nothing to do")
+            return read_summary(self.run_dir) or {}
         self.dmp.train()
+        t_epoch, n_epoch = time.time(), 0
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                first = self.start_step if epoch == self.start_epoch else 0
-                bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not env.is_main or self.quiet,
-                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
-                t_epoch, n_epoch, loss_acc, loss_n = time.time(), 0, 0.0, 0
-                step = first
-                for batch in self.loader.epoch(epoch, first):
-                    if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+            with self._stop:
+                for epoch in range(self.start_epoch, cfg.epochs):
+                    first = self.start_step if epoch == self.start_epoch else 0
+                    bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not env.is_main or self.quiet,
+                               desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
+                    t_epoch, n_epoch, loss_acc, loss_n = time.time(), 0, 0.0, 0
+                    step = first
+                    for batch in self.loader.epoch(epoch, first):
+                        if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                            break
+                        try:
+                            loss = self.train_step(batch, where=f"epoch {epoch + 1} step {step}")
+                        except _StopRequested:  # the step itself completed
+                            step, n_epoch = step + 1, n_epoch + batch.global_size
+                            raise
+                        step, n_epoch = step + 1, n_epoch + batch.global_size
+                        loss_acc, loss_n = loss_acc + loss, loss_n + 1
+                        if step % cfg.log_every == 0 or step == self.steps_per_epoch:
+                            el = time.time() - t_epoch
+                            bar.set_postfix(loss=f"{loss_acc / loss_n:.4f}", sps=f"{n_epoch / max(el, 1e-9):,.0f}",
+                                            clip=f"{self.opt.last_clip_fraction:.3f}")
+                            bar.update(step - bar.n)
+                            loss_acc, loss_n = 0.0, 0
+                    bar.update(step - bar.n)
+                    bar.close()
+                    el = time.time() - t_epoch
+                    train_seconds += el
+                    samples += n_epoch
+                    stopped_early = cfg.max_steps is not None and self.global_step >= cfg.max_steps
+                    valid = self.evaluate(self.valid_data)
+                    row = {"epoch": epoch + 1, "global_step": self.global_step, "train_seconds": el,
+                           "samples_per_second": n_epoch / max(el, 1e-9),
+                           **{f"valid_{k}": v for k, v in valid.items()}}
+                    self._append_metrics(row)
+                    self.log(f"epoch {epoch + 1}: valid AUC {valid.get('auc', float('nan')):.4f} "
+                             f"logloss {valid.get('logloss', float('nan')):.4f} "
+                             f"({row['samples_per_second']:,.0f} samples/s)")
+                    self.guard.check_validation(valid.get("logloss"), f"after epoch {epoch + 1}")
+                    if stopped_early and step < self.steps_per_epoch:
+                        self._save(epoch, step, train_seconds, samples)
                         break
-                    loss_acc += self.train_step(batch, where=f"epoch {epoch + 1} step {step}")
-                    step += 1
-                    n_epoch += batch.global_size
-                    loss_n += 1
-                    if step % cfg.log_every == 0 or step == self.steps_per_epoch:
-                        el = time.time() - t_epoch
-                        bar.set_postfix(loss=f"{loss_acc / loss_n:.4f}", sps=f"{n_epoch / max(el, 1e-9):,.0f}",
-                                        clip=f"{self.opt.last_clip_fraction:.3f}")
-                        bar.update(step - bar.n)
-                        loss_acc, loss_n = 0.0, 0
-                bar.update(step - bar.n)
-                bar.close()
-                el = time.time() - t_epoch
-                train_seconds += el
-                samples += n_epoch
-                stopped_early = cfg.max_steps is not None and self.global_step >= cfg.max_steps
-                valid = self.evaluate(self.valid_data)
-                row = {"epoch": epoch + 1, "global_step": self.global_step, "train_seconds": el,
-                       "samples_per_second": n_epoch / max(el, 1e-9),
-                       **{f"valid_{k}": v for k, v in valid.items()}}
-                self._append_metrics(row)
-                self.log(f"epoch {epoch + 1}: valid AUC {valid.get('auc', float('nan')):.4f} "
-                         f"logloss {valid.get('logloss', float('nan')):.4f} "
-                         f"({n_epoch / max(el, 1e-9):,.0f} samples/s)")
-                if not math.isfinite(valid.get("logloss", 0.0)):
-                    raise Diverged(f"validation logloss is {valid.get('logloss')} after epoch {epoch + 1}")
-                if stopped_early:
-                    self._save(epoch, step)
-                    break
-                self._save(epoch + 1, 0)
-                self.start_step = 0
+                    self._save(epoch + 1, 0, train_seconds, samples)
+                    self.start_step = 0
+                    t_epoch, n_epoch = time.time(), 0
+                    if stopped_early:
+                        break
         except Diverged as e:
             status, message = "diverged", str(e)
             self.log(f"DIVERGED: {e}")
-        except KeyboardInterrupt:
-            status, message = "interrupted", f"interrupted at epoch {epoch + 1} step {step}"
-            self.log(f"interrupted: saving a checkpoint at epoch {epoch + 1} step {step}; "
+        except _StopRequested:
+            train_seconds += time.time() - t_epoch
+            samples += n_epoch
+            status = "interrupted"
+            message = f"{self._stop.requested} at epoch {epoch + 1} step {step}"
+            self.log(f"{message}: saving a checkpoint after global step {self.global_step}; "
                      "continue with --resume")
-            self._save(epoch, step)
+            try:
+                self._save(epoch, step, train_seconds, samples)
+            except KeyboardInterrupt:  # a second Ctrl-C: the previous checkpoint stays the latest
+                message += "; aborted while saving (no checkpoint of this step)"
+                self.log("aborted while saving; --resume continues from the previous checkpoint")
+        except KeyboardInterrupt:
+            status, message = "interrupted", f"aborted at epoch {epoch + 1} step {step} (no checkpoint saved)"
+            self.log(f"{message}; --resume continues from the last checkpoint")
         summary: dict[str, Any] = {"status": status, "message": message, "model": cfg.model,
                                    "batch": cfg.batch, "scaling": cfg.scaling, "epochs": cfg.epochs,
                                    "global_steps": self.global_step, "world_size": world,
@@ -271,4 +347,6 @@ class Trainer:
             self.setup()
             return self.fit()
         finally:
+            if self.run_dir:
+                release_run_lock(self.run_dir)
             shutdown_distributed()
