@@ -156,6 +156,11 @@ class DirLock:
                 pass
             os.close(fd)  # closing the descriptor drops the flock
 
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.directory}: lock not held")
+        return self._fd
+
     @property
     def held(self) -> bool:
         return self._fd is not None

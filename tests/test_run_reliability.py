@@ -327,3 +327,24 @@ def test_an_empty_train_split_is_refused(tmp_path, capsys):
     assert train("--data", tmp_path / "d", "--out", tmp_path / "r", "--batch", "64") == 2
     assert "train" in capsys.readouterr().err
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_the_run_lock_lives_on_in_a_child_it_was_passed_to(tmp_path):
+    """The --nproc launcher passes its lock to torchrun: if the launcher dies, the directory
+    stays locked until torchrun has ended its workers."""
+    from ctr.fsutil import DirLockError
+    from ctr.train.rundir import hold_run_lock, release_run_lock, run_lock_fd
+    run = tmp_path / "run"
+    assert hold_run_lock(run)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             pass_fds=(run_lock_fd(run),))
+    try:
+        release_run_lock(run)  # the launcher is gone; its child still holds the lock
+        probe = [sys.executable, "-c", f"from ctr.fsutil import DirLock; DirLock({str(run)!r}).acquire()"]
+        assert subprocess.run(probe, capture_output=True).returncode != 0
+        with pytest.raises(DirLockError):
+            DirLock(run).acquire()
+    finally:
+        child.kill()
+        child.wait()
+    DirLock(run).acquire().release()

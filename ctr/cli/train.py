@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctr.fsutil import DirLockError
     from ctr.train.checkpoint import CheckpointError
     from ctr.train.config import ConfigError
-    from ctr.train.rundir import hold_run_lock, release_run_lock
+    from ctr.train.rundir import hold_run_lock, release_run_lock, run_lock_fd
     try:
         data, family = resolve_data(args.data)
     except (DatasetError, FileNotFoundError) as e:
@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.nproc > 1 and not worker:
             from ctr.distributed.env import launch_workers
             child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]
-            return launch_workers(args.nproc, "ctr.cli.train", child, run_dir=run_dir)
+            fd = run_lock_fd(run_dir)
+            return launch_workers(args.nproc, "ctr.cli.train", child, run_dir=run_dir,
+                                  pass_fds=(fd,) if fd is not None else ())
         from ctr.train.trainer import Trainer
         summary = Trainer(cfg, resume=args.resume, quiet=args.quiet).run()
     except (ConfigError, DatasetError, CheckpointError, DirLockError, FileNotFoundError) as e:

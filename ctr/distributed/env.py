@@ -98,7 +98,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 def launch_workers(nproc: int, module: str, argv: list[str],
-                   run_dir: str | os.PathLike | None = None) -> int:
+                   run_dir: str | os.PathLike | None = None, pass_fds: tuple[int, ...] = ()) -> int:
     """Runs ``python -m module argv`` in ``nproc`` local processes under torchrun; returns the
     run's exit code.
 
@@ -108,6 +108,8 @@ def launch_workers(nproc: int, module: str, argv: list[str],
     look like a crash: if ``run_dir/summary.json`` was written during this launch (it is not the
     file that was there before: ``write_json_atomic`` always makes a new inode), its status
     decides the code (:mod:`ctr.exitcodes`); otherwise torchrun's code is returned.
+    ``pass_fds`` stay open in torchrun (the run directory's lock: held until torchrun has
+    ended its workers, even if this launcher is killed).
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"--nproc must be a whole number of processes >= 1, not {nproc!r}")
@@ -117,7 +119,7 @@ def launch_workers(nproc: int, module: str, argv: list[str],
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))))
     summary = Path(run_dir) / "summary.json" if run_dir is not None else None
     before = _stamp(summary) if summary else None
-    code = run_child(cmd, env=env)
+    code = run_child(cmd, env=env, pass_fds=pass_fds)
     if summary and _stamp(summary) not in (None, before):
         try:
             status = json.loads(summary.read_text()).get("status")

@@ -2,9 +2,10 @@
 
 ``runs/NAME/`` is owned by one ``ctr-train`` for as long as it runs: an exclusive lock
 (:class:`ctr.fsutil.DirLock` on ``runs/NAME/.lock``), taken before anything is written and
-held until the process ends. Under ``ctr-train --nproc N`` the launcher takes it and its
-torchrun workers inherit it through the environment (:data:`LOCK_ENV`); under a bare
-``torchrun`` rank 0 takes it. While the lock is held, temporaries of dead writers in the run
+held until the process ends. Under ``ctr-train --nproc N`` the launcher takes it, passes its
+descriptor to torchrun (so it outlives a killed launcher until torchrun has ended its workers)
+and tells the workers through the environment (:data:`LOCK_ENV`); under a bare ``torchrun``
+rank 0 takes it. While the lock is held, temporaries of dead writers in the run
 directory are safe to remove.
 
 Example::
@@ -36,6 +37,13 @@ def hold_run_lock(run_dir: str | Path) -> bool:
     os.environ[LOCK_ENV] = key  # children (torchrun workers) know their parent holds it
     clean_stale_temps(run_dir)
     return True
+
+
+def run_lock_fd(run_dir: str | Path) -> int | None:
+    """The descriptor of the lock this process holds on ``run_dir``: a child it is passed to
+    (``pass_fds``) keeps the directory locked for as long as the child lives."""
+    lock = _held.get(str(Path(run_dir).resolve()))
+    return lock.fileno() if lock is not None else None
 
 
 def release_run_lock(run_dir: str | Path) -> None:
