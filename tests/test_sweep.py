@@ -15,6 +15,7 @@ import pytest
 from ctr.cli import sweep as sweep_cli
 from ctr.fsutil import DirLock
 from ctr.sweep import runner
+from ctr.sweep import spec as spec_mod
 from ctr.sweep.report import render_markdown
 
 
@@ -50,7 +51,7 @@ def test_unknown_preset_is_named(capsys):
 def test_presets_keep_the_papers_ratio_and_rules():
     """Every preset loads; cpu and paper span the paper's 128x with all four rules, from their base."""
     from ctr.optim.scaling import RULES
-    from ctr.sweep.runner import PRESET_DIR, SweepSpec
+    from ctr.sweep.spec import PRESET_DIR, SweepSpec
 
     names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     assert {"quick", "cpu", "paper"} <= set(names)
@@ -114,8 +115,8 @@ def test_second_sweep_on_the_same_out_is_refused(small_dataset, tmp_path, capsys
 
 def test_a_cell_locked_by_a_live_run_is_not_started(small_dataset, tmp_path, capsys):
     out = tmp_path / "sweep"
-    spec = runner.SweepSpec.from_preset("quick", batches=["1k", "4k"], rules=["none"], out=str(out))
-    locks = [DirLock(out / "runs" / c.name, what="run directory").acquire() for c in runner.cells(spec)]
+    spec = spec_mod.SweepSpec.from_preset("quick", batches=["1k", "4k"], rules=["none"], out=str(out))
+    locks = [DirLock(out / "runs" / c.name, what="run directory").acquire() for c in spec_mod.cells(spec)]
     try:
         assert sweep_cli.main(_args(small_dataset, out, rules="none")) == 1
     finally:
@@ -129,12 +130,12 @@ def test_a_cell_locked_by_a_live_run_is_not_started(small_dataset, tmp_path, cap
 def test_repeated_values_make_one_cell_and_runs_are_counted_once(tmp_path):
     """1k and 1024 are one batch; sqrt/linear at the base batch share the none run, and a
     failed shared run is one unfinished run, not three."""
-    spec = runner.SweepSpec.from_preset("quick", batches=["1k", "1024", "4k"], seeds=[0, 0],
+    spec = spec_mod.SweepSpec.from_preset("quick", batches=["1k", "1024", "4k"], seeds=[0, 0],
                                         rules=["none", "sqrt", "none"], base_batch="1k", out=str(tmp_path))
     assert spec.batches == [1024, 4096] and spec.rules == ["none", "sqrt"] and spec.seeds == [0]
-    all_cells = runner.cells(spec)
+    all_cells = spec_mod.cells(spec)
     assert len(all_cells) == len(set(all_cells)) == 4
-    runs = runner.run_cells(spec)
+    runs = spec_mod.run_cells(spec)
     assert [c.name for c in runs] == ["deepfm-1K-none-s0", "deepfm-4K-none-s0", "deepfm-4K-sqrt-s0"]
     run = tmp_path / "runs" / "deepfm-1K-none-s0"
     run.mkdir(parents=True)
@@ -151,13 +152,13 @@ def _result(batch, rule, auc):
 
 def test_report_says_when_the_base_batch_is_absent():
     results = [_result(1024, "cowclip", 0.70), _result(4096, "cowclip", 0.69)]
-    spec = runner.SweepSpec(batches=[1024, 4096], rules=["cowclip"], base_batch=64).normalised()
+    spec = spec_mod.SweepSpec(batches=[1024, 4096], rules=["cowclip"], base_batch=64).normalised()
     md = render_markdown(spec, results, "data")
     assert "the base batch 64 is absent" in md and "minus" not in md
-    spec = runner.SweepSpec(batches=[1024], rules=["cowclip"]).normalised()
+    spec = spec_mod.SweepSpec(batches=[1024], rules=["cowclip"]).normalised()
     md = render_markdown(spec, results[:1], "data")
     assert "1K is this sweep's only batch" in md and "minus" not in md
-    spec = runner.SweepSpec(batches=[1024, 4096], rules=["cowclip"], base_batch=1024).normalised()
+    spec = spec_mod.SweepSpec(batches=[1024, 4096], rules=["cowclip"], base_batch=1024).normalised()
     assert "cowclip: AUC at 4K minus AUC at 1K = -0.0100" in render_markdown(spec, results, "data")
 
 

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, resume: str) -> int:
     from ctr.fsutil import DirLockError
-    from ctr.sweep.runner import DONE, SweepInterrupted, SweepSpec, run_sweep, tally
+    from ctr.sweep.runner import SweepInterrupted, run_sweep, tally
+    from ctr.sweep.spec import DONE, SweepSpec
     try:
         spec = SweepSpec.from_preset(args.preset, models=args.models, batches=args.batches,
                                      rules=args.rules, seeds=args.seeds, epochs=args.epochs,

@@ -20,13 +20,14 @@ from typing import Any
 
 from ctr.fsutil import temp_path, write_bytes_atomic, write_json_atomic
 from ctr.optim.scaling import format_batch
+from ctr.sweep.spec import Cell, SweepSpec, cell_dir
+from ctr.train.rundir import read_summary
 
 
-def collect(spec, all_cells: list, out: Path) -> list[dict[str, Any]]:
-    from ctr.sweep.runner import cell_dir, cell_summary
+def collect(spec: SweepSpec, all_cells: list[Cell], out: Path) -> list[dict[str, Any]]:
     rows = []
     for c in all_cells:
-        s = cell_summary(cell_dir(out, c, spec))
+        s = read_summary(cell_dir(out, c, spec))
         rec = {"model": c.model, "batch": c.batch, "rule": c.rule, "seed": c.seed, "cell": c.name,
                "status": (s or {}).get("status", "pending")}
         if s:
