@@ -1,6 +1,7 @@
 """CTROptimizer's fast step (fused groups, L2 folded into Adam, CowClip on present rows only)
 against a brute-force step written straight from Algorithm 1: loop over rows, explicit
-whole-table L2, full-table clip with cnt = 1 for absent rows, plain Adam."""
+whole-table L2, full-table clip with cnt = 1 for absent rows, plain Adam in Keras' or torch's
+epsilon form, either lower bound."""
 
 import math
 
@@ -9,6 +10,7 @@ import torch
 
 from ctr.distributed.sharding import FusedGroup, TableShard
 from ctr.optim.optimizer import CTROptimizer
+from ctr.optim.options import OptimizerOptions
 from ctr.optim.scaling import Hyperparams
 
 FIELDS = ["A", "B", "C"]
@@ -30,9 +32,9 @@ def make_groups(seed=0):
     return [emb, rw, lin]
 
 
-def brute_step(groups, grads, ids, hp, adam_state, t):
-    """Algorithm 1 + whole-table L2 + Adam, one row at a time."""
-    b1, b2, eps = 0.9, 0.999, 1e-8
+def brute_step(groups, grads, ids, hp, adam_state, t, opts):
+    """Algorithm 1 (or the reference's floor) + whole-table L2 + Adam, one row at a time."""
+    b1, b2, eps = 0.9, 0.999, opts.adam_epsilon
     pos = {f: i for i, f in enumerate(FIELDS)}
     for gi, g in enumerate(groups):
         w = g.weight.detach().view(-1, g.dim)
@@ -44,16 +46,22 @@ def brute_step(groups, grads, ids, hp, adam_state, t):
                     cnt = int((ids[:, pos[s.field]] == row).sum()) or 1
                     fr = s.fused_row + local
                     wn = float(w[fr].norm())
-                    thr = cnt * max(hp.r * wn, hp.zeta)
+                    if opts.lower_bound == "paper":
+                        thr = cnt * max(hp.r * wn, hp.zeta)
+                    else:   # LargeBatchCTR: r * cnt * max(||w||, r * sqrt(d) * zeta)
+                        thr = hp.r * cnt * max(wn, hp.r * math.sqrt(g.dim) * hp.zeta)
                     gn = float(grad[fr].norm())
                     if gn > 0:
                         grad[fr] *= min(1.0, thr / gn)
         m, v = adam_state.setdefault(gi, (torch.zeros_like(w), torch.zeros_like(w)))
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
         with torch.no_grad():
-            w -= hp.embedding_lr * mhat / (vhat.sqrt() + eps)
+            if opts.adam_epsilon_form == "keras":   # epsilon hat: added before the bias correction
+                w -= hp.embedding_lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
+            else:
+                mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+                w -= hp.embedding_lr * mhat / (vhat.sqrt() + eps)
 
 
 def absent_rows_get_no_data_gradient(groups, grads, ids):
@@ -68,14 +76,22 @@ def absent_rows_get_no_data_gradient(groups, grads, ids):
                     view[s.fused_row + local] = 0
 
 
+OPTIONS = {"reference": OptimizerOptions(),
+           "paper-torch": OptimizerOptions(lower_bound="paper", adam_epsilon_form="torch",
+                                           adam_epsilon=1e-8)}
+
+
+@pytest.mark.parametrize("options", sorted(OPTIONS))
 @pytest.mark.parametrize("l2", [1e-5, 0.7])   # 0.7: 2λ > r, the full-table clip path
 @pytest.mark.parametrize("cowclip", [True, False])
-def test_fast_step_equals_brute_force(l2, cowclip):
+def test_fast_step_equals_brute_force(l2, cowclip, options):
+    opts = OPTIONS[options]
+    # zeta 1e-3: the reference's floor sqrt(d)*zeta = 2e-3 binds on these ~2e-3-norm rows
     hp = Hyperparams(dense_lr=1e-3, embedding_lr=1e-2, l2=l2, warmup_epochs=0, cowclip=cowclip,
-                     r=1.0, zeta=1e-4)
+                     r=1.0, zeta=1e-4 if options == "paper-torch" else 1e-3)
     fast, slow = make_groups(), make_groups()
     dense = torch.nn.Parameter(torch.zeros(3))
-    opt = CTROptimizer([dense], fast, hp, warmup_steps=0, sparse_fields=FIELDS)
+    opt = CTROptimizer([dense], fast, hp, warmup_steps=0, sparse_fields=FIELDS, options=opts)
     gen = torch.Generator().manual_seed(1)
     state, clipped_any = {}, False
     for t in range(1, 4):
@@ -92,7 +108,7 @@ def test_fast_step_equals_brute_force(l2, cowclip):
             g.weight.grad = gr.clone()
         opt.step(ids)
         clipped_any |= opt.last_clip_fraction > 0
-        brute_step(slow, grads, ids, hp, state, t)
+        brute_step(slow, grads, ids, hp, state, t, opts)
         for a, b in zip(fast, slow):
             assert torch.allclose(a.weight, b.weight, atol=1e-6, rtol=1e-5)
     assert clipped_any == cowclip  # the test would notice a clip that never fires
@@ -128,10 +144,11 @@ def _present_sorted(index, ids):
         index.total_rows = saved
 
 
-def test_dense_warmup():
+def test_dense_warmup_linear():
+    """ctr's earlier warm-up (the default, the reference's, is in test_reference_details.py)."""
     opt = CTROptimizer([torch.nn.Parameter(torch.zeros(1))], [],
                        Hyperparams(8e-4, 1e-4, 0.0, 1, True, 1.0, 1e-5), warmup_steps=4,
-                       sparse_fields=FIELDS)
+                       sparse_fields=FIELDS, options=OptimizerOptions(warmup_form="linear"))
     assert [opt.dense_lr(t) for t in range(6)] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 8e-4, 8e-4])
     assert math.isclose(CTROptimizer([torch.nn.Parameter(torch.zeros(1))], [],
                                      Hyperparams(8e-4, 1e-4, 0.0, 0, True, 1.0, 1e-5), 0,

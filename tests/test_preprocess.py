@@ -234,13 +234,14 @@ def test_explicit_format_checked(tmp_path):
 
 
 def test_avazu_24_columns_header_and_headerless(tmp_path):
+    """--avazu-hour split (the default, raw, is in test_reference_details.py)."""
     rows = avazu_rows(400, seed=2)
     a = write_text(tmp_path / "train.csv", rows, ",", header=AVAZU_COLUMNS)
     b = write_text(tmp_path / "test", rows, ",")                    # no header, labelled
     for f in (a, b):
-        fm = detect_format(f)
+        fm = detect_format(f, avazu_hour="split")
         assert fm.name == "avazu" and fm.label == "click" and fm.avazu_hour
-    meta = run([a], tmp_path / "out", split="sequential:1")
+    meta = run([a], tmp_path / "out", split="sequential:1", avazu_hour="split")
     _expect(meta, 400, dataset="avazu")
     assert meta["dense_fields"] == []
     assert meta["sparse_fields"] == AVAZU_COLUMNS[2:] + ["weekday"]
@@ -255,7 +256,7 @@ def test_avazu_24_columns_header_and_headerless(tmp_path):
     assert (df.groupby(hh)["hour"].nunique() == 1).all() and df["hour"].nunique() == hh.nunique()
     assert (df.groupby(wd)["weekday"].nunique() == 1).all() and df["weekday"].nunique() == 3
     assert (df["label"].to_numpy() == raw["click"].astype(float).to_numpy()).all()
-    meta_b = run([b], tmp_path / "out_b", split="sequential:1")
+    meta_b = run([b], tmp_path / "out_b", split="sequential:1", avazu_hour="split")
     assert meta_b["vocab_sizes"] == meta["vocab_sizes"]
     assert read_split(tmp_path / "out_b", "train").equals(df)
 
@@ -742,7 +743,7 @@ def test_labels_file_bad_value_and_gzip_members(tmp_path):
     df = read_split(tmp_path / "out", "train")
     want = raw["click"].astype(float).drop(index=9).to_numpy()
     assert (df["label"].to_numpy() == want).all()
-    assert meta["vocab_sizes"]["hour"] == raw["hour"].str[6:8].nunique() + 1
+    assert meta["vocab_sizes"]["hour"] == raw["hour"].drop(index=9).nunique() + 1   # raw YYMMDDHH
 
 
 def test_parquet_bad_label_names_row(tmp_path):

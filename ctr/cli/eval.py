@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="processed dataset (default: the one the run trained on)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch", type=_positive, default=65536)
+    p.add_argument("--batch", type=_positive, help="evaluation batch (default: the run's eval_batch)")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval-SPLIT.json)")
     args = p.parse_args(argv)
     from ctr.train.checkpoint import CheckpointError
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int) -> dict:
+def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int | None = None) -> dict:
     import torch
 
     from ctr.data.loader import SplitTensors
@@ -72,6 +72,7 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
     from ctr.distributed.sharding import fused_groups, shard_model
     from ctr.models import ModelConfig, build_model
     from ctr.train import checkpoint as ckpt
+    from ctr.train.config import TrainConfig
     from ctr.train.metrics import click_metrics
     from ctr.train.trainer import predict
 
@@ -101,7 +102,7 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
         dmp, _ = shard_model(model, env, "auto")
         ckpt.restore_(state, dmp, fused_groups(dmp), None)
         split_data = SplitTensors.load(data, split)
-        probs, labels = predict(dmp, split_data, batch, env)
+        probs, labels = predict(dmp, split_data, batch or int(cfg.get("eval_batch") or TrainConfig.eval_batch), env)
     finally:
         shutdown_distributed()
     metrics = {"run": str(run_dir), "data": str(data), "split": split, "model": cfg["model"],

@@ -350,8 +350,8 @@ class DatasetWriter:
         for w in self._writers.values():
             try:
                 w.close()
-            except Exception:
-                pass
+            except (OSError, pa.ArrowException):
+                pass  # the file is deleted with the directory below; its write error already surfaced
         self._writers.clear()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self._done = True

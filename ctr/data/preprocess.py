@@ -186,8 +186,11 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
                hash_buckets: int | None = None, skip_bad_rows: bool = False,
                overwrite: bool = False, progress: bool = True, block_bytes: int = BLOCK_BYTES,
                rows_per_file: int = 4_000_000, parse_threads: bool = True,
-               stats: dict[str, Any] | None = None) -> dict[str, Any]:
+               avazu_hour: str = "raw", stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Builds the processed dataset ``out`` from raw ``inputs``; returns its ``meta.json``.
+
+    ``avazu_hour``: ``"raw"`` keeps Avazu's ``YYMMDDHH`` as one field (the reference's 22),
+    ``"split"`` makes it hour of day plus ``weekday``; recorded per source in ``meta.json``.
 
     Raises :class:`RawInputError` for bad input (unless ``skip_bad_rows``),
     :class:`FileExistsError` if ``out`` exists and not ``overwrite``, :class:`ValueError`
@@ -213,7 +216,8 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
     if kind == "hash" and (hash_buckets is None or hash_buckets < 1):
         raise ValueError("--hash-buckets must be >= 1")
 
-    fmts = [detect_format(p, fmt, labels[i] if labels else None) for i, p in enumerate(inputs)]
+    fmts = [detect_format(p, fmt, labels[i] if labels else None, avazu_hour=avazu_hour)
+            for i, p in enumerate(inputs)]
     first = fmts[0]
     for fm in fmts[1:]:
         if fm.layout() != first.layout():

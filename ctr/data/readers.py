@@ -13,7 +13,8 @@ csv           Criteo layout as CSV: comma, header or not, optional leading ``Id`
               any other header: ``I<n>`` columns dense, the rest categorical
 avazu         Avazu ``train.csv``: 24 columns ``id,click,hour,...`` with or without
               header (23 without ``click``: unlabelled); ``id`` dropped, ``hour``
-              ``YYMMDDHH`` -> hour of day, plus a derived ``weekday`` field
+              ``YYMMDDHH`` one categorical field as the reference keeps it (22 fields;
+              ``avazu_hour="split"``: hour of day plus a derived ``weekday`` field)
 avazu-x       Avazu 21-column variant (no ``id``, no ``device_ip``, ``hour`` already
               ``HH``); labels from a separate one-column file (``labels=``)
 parquet       Parquet with raw columns (label, I1..I13, C1..C26; strings or integers)
@@ -61,6 +62,9 @@ import pyarrow.parquet as pq
 from ctr.data.transforms import FLOAT32_MAX
 
 FORMATS = ("auto", "criteo", "criteo-test", "csv", "avazu", "avazu-x", "parquet")
+# Avazu's YYMMDDHH hour: "raw" keeps the value as one field (LargeBatchCTR's data_utils.py
+# label-encodes it as is); "split" makes it hour of day plus a weekday field.
+AVAZU_HOUR = ("raw", "split")
 BLOCK_BYTES = 64 << 20
 
 CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
@@ -253,7 +257,7 @@ class RawFormat:
     dense: list[str]               # dense fields (raw names = output names)
     sparse: list[str]              # output categorical fields (may include derived weekday)
     drop: list[str] = field(default_factory=list)
-    avazu_hour: bool = False       # hour column is YYMMDDHH: cut to HH, derive weekday
+    avazu_hour: bool = False       # split YYMMDDHH hours: cut to HH, derive weekday
     labels_path: str | None = None
     labels_compression: str | None = None
     labels_header: bool = False
@@ -279,6 +283,8 @@ class RawFormat:
             out["labels"] = self.labels_path
         if self.trailing_empty:
             out["trailing_empty_field"] = True
+        if self.dataset == "avazu":
+            out["avazu_hour"] = "split" if self.avazu_hour else "raw"
         return out
 
 
@@ -397,12 +403,15 @@ def _is_number(s: str) -> bool:
 
 
 def detect_format(path: str | os.PathLike, fmt: str = "auto",
-                  labels: str | os.PathLike | None = None) -> RawFormat:
+                  labels: str | os.PathLike | None = None, avazu_hour: str = "raw") -> RawFormat:
     """Sniffs ``path`` (compression by magic bytes, then the first lines) into a
-    :class:`RawFormat`; ``fmt`` other than ``auto`` must agree with what is found."""
+    :class:`RawFormat`; ``fmt`` other than ``auto`` must agree with what is found.
+    ``avazu_hour``: see :data:`AVAZU_HOUR` ("split" applies only to ``YYMMDDHH`` values)."""
     path = str(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    if avazu_hour not in AVAZU_HOUR:
+        raise ValueError(f"unknown avazu_hour {avazu_hour!r}; choose one of {AVAZU_HOUR}")
     _check_file(path)
     if os.path.getsize(path) == 0:
         raise _err(path, 1, "empty file")
@@ -410,9 +419,9 @@ def detect_format(path: str | os.PathLike, fmt: str = "auto",
     if comp == "parquet" or fmt == "parquet":
         if comp != "parquet":
             raise _err(path, None, "--format parquet, but the file is not Parquet (no PAR1 magic)")
-        fm = _detect_parquet(path)
+        fm = _detect_parquet(path, avazu_hour == "split")
     else:
-        fm = _detect_text(path, comp, fmt)
+        fm = _detect_text(path, comp, fmt, avazu_hour == "split")
     if labels is not None:
         if fm.label is not None:
             raise _err(path, None, f"has its own label column {fm.label!r}; do not pass --labels")
@@ -421,7 +430,7 @@ def detect_format(path: str | os.PathLike, fmt: str = "auto",
     return fm
 
 
-def _detect_parquet(path: str) -> RawFormat:
+def _detect_parquet(path: str, split_hour: bool) -> RawFormat:
     try:
         schema = pq.read_schema(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types here
@@ -432,7 +441,7 @@ def _detect_parquet(path: str) -> RawFormat:
     except ValueError as e:
         raise _err(path, None, str(e)) from None
     avazu_hour = False
-    if lay["dataset"] == "avazu":
+    if lay["dataset"] == "avazu" and split_hour:
         try:
             first = next(pq.ParquetFile(path).iter_batches(batch_size=20, columns=["hour"]))
             sample = [str(v).strip() for v in first.column(0).to_pylist() if v is not None]
@@ -444,7 +453,7 @@ def _detect_parquet(path: str) -> RawFormat:
                      lay["dense"], sparse, lay["drop"], avazu_hour=avazu_hour)
 
 
-def _detect_text(path: str, comp: str | None, fmt: str) -> RawFormat:
+def _detect_text(path: str, comp: str | None, fmt: str, split_hour: bool) -> RawFormat:
     lines = head_lines(path, comp)
     nonempty = [ln for ln in lines if ln.strip()]
     if not nonempty:
@@ -490,10 +499,10 @@ def _detect_text(path: str, comp: str | None, fmt: str) -> RawFormat:
                    f"not --format {fmt}")
     if fmt != "auto":
         name = fmt
-    # Avazu hour: YYMMDDHH in the original files (derive weekday), HH in the cut variant
+    # Avazu hour: YYMMDDHH in the original files (split: derive weekday), HH in the cut variant
     avazu_hour = False
     sparse = list(lay["sparse"])
-    if lay["dataset"] == "avazu":
+    if lay["dataset"] == "avazu" and split_hour:
         hi = names.index("hour")
         data_lines = nonempty[1:] if header else nonempty
         sample = [ln.split(delim)[hi].strip() for ln in data_lines if len(ln.split(delim)) > hi]

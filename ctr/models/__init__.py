@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +38,30 @@ from ctr.models.layers import CTRModel
 from ctr.models.sparse import SparseArch
 from ctr.models.wide_deep import WideDeep
 
-__all__ = ["CTRModel", "DCN", "DCNv2", "DeepFM", "MODELS", "ModelConfig", "SparseArch",
-           "WideDeep", "build_model"]
+__all__ = ["CROSS_L2", "CTRModel", "DCN", "DCNv2", "DeepFM", "MODELS", "ModelConfig", "SparseArch",
+           "WideDeep", "build_model", "reference_l2"]
+
+# DeepCTR's l2_reg_cross default; LargeBatchCTR's train.py passes only l2_reg_linear and
+# l2_reg_embedding (= --l2), so its cross kernels keep this fixed value at every batch size.
+CROSS_L2 = 1e-5
+_DENSE_LINEAR = re.compile(r"(^|\.)dense_linear\.weight$")
+_CROSS_KERNEL = re.compile(r"(^|\.)cross\.(kernels|U_kernels|V_kernels|C_kernels)\.\d+$")
+
+
+def reference_l2(name: str, l2: float) -> tuple[str, float]:
+    """(group, c) of the reference's L2 ``c·ΣW²`` on dense parameter ``name``.
+
+    As LargeBatchCTR builds DeepCTR's models: the dense features' first-order kernel
+    (``Linear``'s ``linear_kernel``, here ``dense_linear.weight``) gets ``l2_reg_linear = l2``,
+    the batch-scaled λ of the tables; the cross kernels (DCN's ``kernels``, DCN-Mix's ``U``,
+    ``V``, ``C``) get :data:`CROSS_L2`; the DNN, the logit layers, every bias and the DCN-Mix
+    gates get none. Matched on the name's tail, so any wrapper's prefix is ignored.
+    """
+    if _DENSE_LINEAR.search(name):
+        return "linear", float(l2)
+    if _CROSS_KERNEL.search(name):
+        return "cross", CROSS_L2
+    return "none", 0.0
 
 
 @dataclass

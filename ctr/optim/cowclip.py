@@ -51,6 +51,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ctr.optim.options import LOWER_BOUNDS
+
 __all__ = [
     "LOWER_BOUNDS",
     "CowClipConfig",
@@ -59,9 +61,6 @@ __all__ = [
     "cowclip_",
     "cowclip_sparse_",
 ]
-
-LOWER_BOUNDS = ("paper", "reference")
-
 
 @dataclass
 class CowClipConfig:

@@ -5,10 +5,11 @@
     loss.backward()                      g = ∇ mean BCE over the global batch
     CTROptimizer.step(global_ids):
       every table row (emb + linear)     g += 2·λ·w        (L2 over the whole table, the reference's)
-      embedding rows                     g *= min(1, cnt·max(r‖w‖, ζ) / ‖g‖)   (CowClip; cnt over
-                                                            the global batch; absent rows cnt = 1)
-      dense lr                           lr_d · min(1, (t+1) / warmup_steps)
-      Adam(dense params), Adam(fused embedding buffers)
+      embedding rows                     g *= min(1, thr / ‖g‖)   (CowClip; cnt over the global
+                                                            batch; absent rows cnt = 1)
+      dense weights                      g += 2·c·w        (c: reference_l2(name, λ), see ctr.models)
+      dense lr                           PolynomialDecay 1e-8 -> lr_d over the warm-up, then lr_d
+      Adam(dense params), Adam(fused embedding buffers), Keras' epsilon
 
 How it stays fast in the paper's regime, where every row is updated every step:
 
@@ -23,21 +24,28 @@ How it stays fast in the paper's regime, where every row is updated every step:
   clipped on its total gradient ``g + 2λw`` and handed back as ``clipped - 2λw`` for Adam's
   weight decay to add the L2 term again.
 
+Where the reference code (TF 2.4 Keras + DeepCTR) and torch differ, :class:`OptimizerOptions`
+(:mod:`ctr.optim.options`) chooses; its defaults are the reference's. Keras' epsilon is kept
+with torch's fused Adam by giving it ``eps / sqrt(1 - b2^t)`` each step (:meth:`adam_eps`).
+
 Example::
 
-    opt = CTROptimizer(dense_params, fused_groups(dmp), hparams, warmup_steps=steps_per_epoch,
-                       sparse_fields=meta["sparse_fields"])
+    opt = CTROptimizer(dense_parameters(dmp), fused_groups(dmp), hparams, warmup_steps=W,
+                       sparse_fields=meta["sparse_fields"], options=OptimizerOptions())
     opt.zero_grad(); loss.backward(); opt.step(batch.global_ids)
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import math
+from typing import Any, Iterable, Mapping
 
 import torch
 
 from ctr.distributed.sharding import FusedGroup
+from ctr.models import reference_l2
 from ctr.optim.cowclip import cowclip_
+from ctr.optim.options import ADAM_BETAS, WARMUP_START_LR, OptimizerOptions
 from ctr.optim.scaling import Hyperparams
 
 
@@ -79,18 +87,27 @@ class _GroupIndex:
 class CTROptimizer:
     """Adam for dense weights and for embedding tables, with the reference's L2 and CowClip."""
 
-    def __init__(self, dense_params: Iterable[torch.nn.Parameter], groups: list[FusedGroup],
-                 hparams: Hyperparams, warmup_steps: int, sparse_fields: list[str],
-                 lower_bound: str = "paper"):
+    def __init__(self, dense_params: Mapping[str, torch.nn.Parameter] | Iterable[torch.nn.Parameter],
+                 groups: list[FusedGroup], hparams: Hyperparams, warmup_steps: int,
+                 sparse_fields: list[str], options: OptimizerOptions | None = None):
+        """``dense_params``: by name (``dense_parameters(dmp)``), which the dense L2 groups are
+        chosen by; an unnamed iterable is named by position and so gets no dense L2."""
         self.hp = hparams
+        self.options = opts = options if options is not None else OptimizerOptions()
         self.groups = groups
         self.warmup_steps = max(0, int(warmup_steps))
-        self.lower_bound = lower_bound
-        self.dense = torch.optim.Adam(list(dense_params), lr=hparams.dense_lr, fused=True)
+        self.lower_bound = opts.lower_bound
+        named = (dict(dense_params) if isinstance(dense_params, Mapping)
+                 else {str(i): p for i, p in enumerate(dense_params)})
+        dense_groups = self._dense_param_groups(named)
+        self._dense_decay = [pg["weight_decay"] for pg in dense_groups]
+        self.dense = torch.optim.Adam(dense_groups, lr=hparams.dense_lr, betas=ADAM_BETAS,
+                                      eps=opts.adam_epsilon, fused=True)
         sparse = [g.weight for g in groups]
         # Adam needs at least one parameter; a rank may hold no table at all (table_wise, W > #tables).
         # weight_decay = 2λ is the gradient of λ·ΣW² over the whole table (coupled L2, not AdamW).
-        self.sparse = (torch.optim.Adam(sparse, lr=hparams.embedding_lr, weight_decay=2.0 * hparams.l2,
+        self.sparse = (torch.optim.Adam(sparse, lr=hparams.embedding_lr, betas=ADAM_BETAS,
+                                        eps=opts.adam_epsilon, weight_decay=2.0 * hparams.l2,
                                         fused=True) if sparse else None)
         field_pos = {f: i for i, f in enumerate(sparse_fields)}
         self._index = {id(g): _GroupIndex(g, field_pos, g.weight.device)
@@ -98,10 +115,46 @@ class CTROptimizer:
         self.step_count = 0
         self._last_clip: tuple[torch.Tensor | int, int] = (0, 0)
 
+    def _dense_param_groups(self, named: dict[str, torch.nn.Parameter]) -> list[dict[str, Any]]:
+        """Adam param groups by :func:`ctr.models.reference_l2`'s group, in order of first
+        appearance. The structure depends only on the parameter names (the same under any
+        sharding and world size), so the dense state_dict loads at any world size;
+        ``weight_decay = 2c`` is the gradient of ``c·ΣW²``, as for the tables."""
+        groups: dict[str, dict[str, Any]] = {}
+        for name, p in named.items():
+            key, coef = (reference_l2(name, self.hp.l2) if self.options.dense_l2 == "reference"
+                         else ("none", 0.0))
+            groups.setdefault(key, {"params": [], "weight_decay": 2.0 * coef})["params"].append(p)
+        return list(groups.values())
+
+    @staticmethod
+    def warmup_steps_for(warmup_epochs: float, train_rows: int, batch: int, steps_per_epoch: int,
+                         form: str = "reference") -> int:
+        """Warm-up length in steps: ``int(warmup_epochs * int(N / B))`` as the reference's
+        ``train.py`` (full batches only), or ``round(warmup_epochs * steps_per_epoch)`` for
+        ``form="linear"`` (ctr's earlier rule, a last partial batch counted)."""
+        if form == "reference":
+            return int(warmup_epochs * int(train_rows // batch))
+        return int(round(warmup_epochs * steps_per_epoch))
+
     def dense_lr(self, step: int) -> float:
-        if self.warmup_steps <= 0:
-            return self.hp.dense_lr
-        return self.hp.dense_lr * min(1.0, (step + 1) / self.warmup_steps)
+        """The dense lr at 0-based ``step``. Reference: Keras' ``PolynomialDecay(1e-8, W, lr,
+        power=1)``, ``(1e-8 - lr)·(1 - t/W) + lr`` for ``t < W``, then ``lr``; linear:
+        ``lr·min(1, (t+1)/W)``. No warm-up when ``W = 0``."""
+        lr, w = self.hp.dense_lr, self.warmup_steps
+        if w <= 0:
+            return lr
+        if self.options.warmup_form == "reference":
+            return lr if step >= w else (WARMUP_START_LR - lr) * (1.0 - step / w) + lr
+        return lr * min(1.0, (step + 1) / w)
+
+    def adam_eps(self, t: int) -> float:
+        """torch Adam's eps at 1-based step ``t``: Keras' ``eps_hat`` is torch's
+        ``eps_hat / sqrt(1 - b2^t)`` (torch adds eps after dividing sqrt(v) by that factor)."""
+        eps = self.options.adam_epsilon
+        if self.options.adam_epsilon_form == "keras":
+            return eps / math.sqrt(1.0 - ADAM_BETAS[1] ** t)
+        return eps
 
     def zero_grad(self) -> None:
         # set_to_none: autograd then hands over its fresh gradient instead of adding it to a
@@ -161,10 +214,13 @@ class CTROptimizer:
             self.clip_(global_ids)
         else:
             self._last_clip = (0, 0)
+        eps = self.adam_eps(self.step_count + 1)
         for pg in self.dense.param_groups:
-            pg["lr"] = self.dense_lr(self.step_count)
+            pg["lr"], pg["eps"] = self.dense_lr(self.step_count), eps
         self.dense.step()
         if self.sparse is not None:
+            for pg in self.sparse.param_groups:
+                pg["eps"] = eps
             self.sparse.step()
         self.step_count += 1
 
@@ -179,7 +235,11 @@ class CTROptimizer:
         return self.dense.state_dict()
 
     def load_dense_state_dict(self, state: dict[str, Any]) -> None:
+        """Moments and steps from ``state``; the L2 of each group stays this run's (lr and eps
+        are set every step)."""
         self.dense.load_state_dict(state)
+        for pg, decay in zip(self.dense.param_groups, self._dense_decay):
+            pg["weight_decay"] = decay
 
     def ensure_sparse_state(self) -> None:
         """Creates zero Adam moments for every fused buffer, so they can be filled from a checkpoint."""

@@ -17,10 +17,10 @@ dense-lr warm-up, CowClip with the base r and zeta. A per-batch ``overrides`` ta
 config is applied after the rule, for published tables that deviate from the pure rule
 (Avazu: zeta 1e-3 at 1K/2K but 1e-4 from 4K; at 128K dense lr 16e-4 and L2 96e-5).
 
-L2 base value: the LargeBatchCTR README's tables print L2 1e-4 ... 128e-4 (Avazu 128K: 96e-4),
-ten times what its own example commands pass (``--l2 8e-05`` at 8K and ``128e-05`` at 128K
-on Criteo, ``64e-05`` at 64K on Avazu; ``train.py``'s default is 1e-5). The commands are
-what ran; this project (shared/paper/README.md, configs/) uses 1e-5 at 1K.
+L2 base value: 1e-5 at 1K. The LargeBatchCTR README's tables (1e-5 ... 128e-5; Avazu 128K:
+96e-5), its example commands (``--l2 8e-05`` at 8K, ``128e-05`` at 128K on Criteo) and
+``train.py``'s default agree; README versions before its commit 12101b4 printed the tables ten
+times larger (1e-4 ... 128e-4).
 
 Overrides, as a config would hold them (YAML keys may be ints or strings like ``"128k"``)::
 

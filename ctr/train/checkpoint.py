@@ -54,7 +54,8 @@ FORMAT = 2
 LATEST = "latest.json"
 # Settings that must match for a checkpoint to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("model", "batch", "base_batch", "seed", "scaling", "hparams", "batch_overrides",
-               "model_config", "cowclip_lower_bound", "cowclip_warmup_epochs", "drop_last", "data")
+               "model_config", "cowclip_lower_bound", "cowclip_warmup_epochs", "adam_epsilon_form",
+               "adam_epsilon", "dense_l2", "warmup_form", "drop_last", "data")
 PROGRESS_KEYS = ("epoch", "step", "global_step")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 _DIR_RE = re.compile(r"^step-\d{9}-[0-9a-f]{8}$")

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ctr.optim.options import OptimizerOptions
 from ctr.optim.scaling import Hyperparams, parse_batch, scale_hyperparams
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -45,9 +46,15 @@ class TrainConfig:
     # rule -> batch -> values: the published tables' departures from a pure rule (Avazu's)
     batch_overrides: dict[str, Any] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)     # ctr.models.ModelConfig fields
-    cowclip_lower_bound: str = "paper"
+    # Where the reference code and torch / Algorithm 1 differ (ctr.optim.options): the
+    # reference's by default, in every config unless it says otherwise.
+    cowclip_lower_bound: str = OptimizerOptions.lower_bound
     # The cowclip rule's dense warm-up in epochs (see ctr.optim.scaling.scale_hyperparams).
     cowclip_warmup_epochs: float = 1.0
+    adam_epsilon_form: str = OptimizerOptions.adam_epsilon_form
+    adam_epsilon: float = OptimizerOptions.adam_epsilon
+    dense_l2: str = OptimizerOptions.dense_l2
+    warmup_form: str = OptimizerOptions.warmup_form
     sharding: str = "auto"
     device: str = "auto"
     drop_last: bool = False
@@ -64,6 +71,12 @@ class TrainConfig:
                                  (self.batch_overrides or {}).get(self.scaling),
                                  cowclip_warmup_epochs=self.cowclip_warmup_epochs)
 
+    def optimizer_options(self) -> OptimizerOptions:
+        return OptimizerOptions(lower_bound=self.cowclip_lower_bound,
+                                adam_epsilon_form=self.adam_epsilon_form,
+                                adam_epsilon=self.adam_epsilon, dense_l2=self.dense_l2,
+                                warmup_form=self.warmup_form)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -76,6 +89,10 @@ class TrainConfig:
         for key, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, not {value!r}")
+        try:
+            self.adam_epsilon = self.optimizer_options().adam_epsilon   # checks every option
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         return self
 
 

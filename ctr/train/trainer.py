@@ -42,6 +42,7 @@ from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.scaling import describe, format_batch
 from ctr.faults import fault_point
 from ctr.fsutil import write_bytes_atomic, write_json_atomic
+from ctr.progress import progress_bar
 from ctr.train import checkpoint as ckpt
 from ctr.train.config import TrainConfig
 from ctr.train.divergence import Diverged, LossGuard
@@ -132,10 +133,10 @@ class Trainer:
         self.loader = BatchLoader(self.train_data, cfg.batch, shuffle=True, seed=cfg.seed,
                                   drop_last=cfg.drop_last, rank=env.rank, world_size=env.world_size)
         self.steps_per_epoch = len(self.loader)
-        dense = list(dense_parameters(self.dmp).values())
-        warmup = int(round(self.hp.warmup_epochs * self.steps_per_epoch))
-        self.opt = CTROptimizer(dense, self.groups, self.hp, warmup, meta["sparse_fields"],
-                                lower_bound=cfg.cowclip_lower_bound)
+        warmup = CTROptimizer.warmup_steps_for(self.hp.warmup_epochs, self.train_data.num_rows,
+                                               cfg.batch, self.steps_per_epoch, cfg.warmup_form)
+        self.opt = CTROptimizer(dense_parameters(self.dmp), self.groups, self.hp, warmup,
+                                meta["sparse_fields"], options=cfg.optimizer_options())
         self.guard = LossGuard(float(self.train_data.labels.float().mean()))
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
@@ -262,8 +263,9 @@ class Trainer:
             with self._stop:
                 for epoch in range(self.start_epoch, cfg.epochs):
                     first = self.start_step if epoch == self.start_epoch else 0
-                    bar = tqdm(total=self.steps_per_epoch, initial=first, disable=not env.is_main or self.quiet,
-                               desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
+                    bar = progress_bar(total=self.steps_per_epoch, initial=first,
+                                       disable=not env.is_main or self.quiet,
+                                       desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
                     t_epoch, n_epoch, loss_acc, loss_n = time.time(), 0, 0.0, 0
                     step = first
                     for batch in self.loader.epoch(epoch, first):
@@ -279,7 +281,7 @@ class Trainer:
                         if step % cfg.log_every == 0 or step == self.steps_per_epoch:
                             el = time.time() - t_epoch
                             bar.set_postfix(loss=f"{loss_acc / loss_n:.4f}", sps=f"{n_epoch / max(el, 1e-9):,.0f}",
-                                            clip=f"{self.opt.last_clip_fraction:.3f}")
+                                            clip=f"{self.opt.last_clip_fraction:.3f}", refresh=False)
                             bar.update(step - bar.n)
                             loss_acc, loss_n = 0.0, 0
                     bar.update(step - bar.n)
