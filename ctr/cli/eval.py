@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from ctr.data.dataset import DatasetError, read_meta
+from ctr.data.dataset import SPLITS, DatasetError, read_meta
+from ctr.distributed.choices import DEVICES
 from ctr.exitcodes import EXIT_OK, EXIT_USAGE
 from ctr.fsutil import write_json_atomic
 
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run directory made by ctr-train")
     p.add_argument("--data", help="processed dataset (default: the one the run trained on)")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--batch", type=_positive, help="evaluation batch (default: the run's eval_batch)")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval-SPLIT.json)")
     args = p.parse_args(argv)
@@ -65,12 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int | None = None) -> dict:
-    import torch
 
     from ctr.data.loader import SplitTensors
     from ctr.distributed.env import init_distributed, shutdown_distributed
-    from ctr.distributed.sharding import fused_groups, shard_model
-    from ctr.models import ModelConfig, build_model
+    from ctr.models import ModelConfig
+    from ctr.train.build import build_model_parts
     from ctr.train import checkpoint as ckpt
     from ctr.train.config import TrainConfig
     from ctr.train.metrics import click_metrics
@@ -94,15 +94,14 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
     t0 = time.time()
     env = init_distributed(device)
     try:
-        torch.manual_seed(0)
-        mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in cfg.get("model_config", {}).items()})
-        model = build_model(cfg["model"], meta["dense_fields"], meta["sparse_fields"],
-                            meta["vocab_sizes"], mcfg, device=env.device, sparse_device="meta")
-        dmp, _ = shard_model(model, env, "auto")
-        ckpt.restore_(state, dmp, fused_groups(dmp), None)
+        try:
+            settings = ModelConfig.from_dict(cfg.get("model_config", {}))
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"{cfg_file}: bad model_config ({e})") from e
+        parts = build_model_parts(cfg["model"], settings, meta, env, "auto")
+        ckpt.restore_(state, parts.module, parts.groups, None)
         split_data = SplitTensors.load(data, split)
-        probs, labels = predict(dmp, split_data, batch or int(cfg.get("eval_batch") or TrainConfig.eval_batch), env)
+        probs, labels = predict(parts.module, split_data, batch or int(cfg.get("eval_batch") or TrainConfig.eval_batch), env)
     finally:
         shutdown_distributed()
     metrics = {"run": str(run_dir), "data": str(data), "split": split, "model": cfg["model"],

@@ -17,78 +17,25 @@ import time
 from pathlib import Path
 
 from ctr.data.dataset import DatasetError, read_meta
-from ctr.distributed.sharding import SHARDING_CHOICES
-from ctr.optim.scaling import RULES, format_batch, parse_batch
-from ctr.train.config import CONFIG_DIR, load_config
-
 from ctr.exitcodes import EXIT_USAGE, exit_code_for_status
-MODELS = ("deepfm", "dcn", "dcnv2", "wd")
-
-
-def _mlp(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mlp wants sizes like 400,400,400, not {text!r}")
-
-
-def _batch(text: str) -> int:
-    try:
-        return parse_batch(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e))
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
+from ctr.optim.scaling import format_batch
+from ctr.train.config import CONFIG_DIR, load_config
+from ctr.train.settings import add_setting_flags, overrides_from, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags: the run's own, then one per setting of :mod:`ctr.train.settings`."""
     p = argparse.ArgumentParser(prog="ctr-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=MODELS, default="deepfm")
-    p.add_argument("--batch", type=_batch, default=None, help="global batch: 1k, 128K, 131072")
     p.add_argument("--data", help="processed dataset dir (default: the built-in synthetic data)")
     p.add_argument("--config", help="YAML config (default: configs/<dataset>/<model>.yaml)")
     p.add_argument("--dataset", help="which configs/<dataset>/ to take defaults from "
                    "(default: the dataset's meta.json 'dataset')")
-    p.add_argument("--scaling", choices=RULES, help="hyperparameter rule from the base batch")
-    p.add_argument("--epochs", type=_positive)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--sharding", choices=SHARDING_CHOICES)
-    p.add_argument("--nproc", type=_positive, default=1, help="launch this many local worker processes")
+    p.add_argument("--nproc", type=positive_int, default=1, help="launch this many local worker processes")
     p.add_argument("--out", help="run directory (default: runs/<model>-<batch>-<scaling>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    g = p.add_argument_group("hyperparameters (base values, before the scaling rule)")
-    g.add_argument("--base-batch", type=_batch)
-    g.add_argument("--dense-lr", type=float)
-    g.add_argument("--embedding-lr", type=float)
-    g.add_argument("--l2", type=float)
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--r", type=float, help="CowClip ratio r")
-    g.add_argument("--zeta", type=float, help="CowClip lower bound zeta")
-    g.add_argument("--cowclip-lower-bound", choices=("paper", "reference"))
-    g.add_argument("--cowclip-warmup-epochs", type=float,
-                   help="dense warm-up of the cowclip rule (default 1 epoch, the paper's)")
-    g = p.add_argument_group("model")
-    g.add_argument("--embedding-dim", type=_positive)
-    g.add_argument("--mlp", type=_mlp)
-    g.add_argument("--init-std", type=float)
-    g.add_argument("--cross-layers", type=_positive)
-    g.add_argument("--dcnv2-low-rank", type=_positive)
-    g = p.add_argument_group("run")
-    g.add_argument("--drop-last", action="store_true", default=None,
-                   help="drop the last partial batch of each epoch")
-    g.add_argument("--eval-batch", type=_batch)
-    g.add_argument("--max-steps", type=_positive, help="stop after this many steps (smoke tests)")
-    g.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    add_setting_flags(p)
     return p
 
 
@@ -178,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = os.environ.get("TORCHELASTIC_RUN_ID") if worker else None
     out = args.out or str(Path("runs") / f"{args.model}-{format_batch(args.batch or 1024)}-"
                           f"{args.scaling or 'default'}-{stamp or time.strftime('%Y%m%d-%H%M%S')}")
-    overrides = {k: getattr(args, k) for k in (
-        "batch", "scaling", "epochs", "seed", "device", "sharding", "base_batch", "dense_lr",
-        "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "cowclip_lower_bound",
-        "cowclip_warmup_epochs", "embedding_dim", "mlp", "init_std", "cross_layers", "dcnv2_low_rank",
-        "drop_last", "eval_batch", "max_steps")}
-    overrides.update(data=data, out=out)
+    overrides = {**overrides_from(args), "data": data, "out": out}
     run_dir = Path(out)
     locked = False
     try:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +61,18 @@ class Batch:
         return Batch(self.dense.to(device, non_blocking=True), self.sparse.to(device, non_blocking=True),
                      self.labels.to(device, non_blocking=True),
                      self.global_ids.to(device, non_blocking=True), self.global_size)
+
+
+class BatchSource(Protocol):
+    """What the trainer needs of a loader: this rank's batches of an epoch, resumable at a step.
+
+    :class:`BatchLoader` (a split in memory) is one; a streaming reader is another. ``epoch(e,
+    k)`` must yield the same batches for the same ``(e, k)`` on every call, so a resumed run
+    replays what an uninterrupted one would have seen."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]: ...
 
 
 class SplitTensors:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ctr.distributed.choices import DEVICES
 from ctr.exitcodes import exit_code_for_status
 from ctr.procs import die_with_parent, run_child
 
@@ -56,8 +57,8 @@ def free_port() -> int:
 
 def resolve_device(choice: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, not {choice!r}")
+    if choice not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, not {choice!r}")
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():

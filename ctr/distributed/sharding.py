@@ -41,9 +41,10 @@ from torchrec.distributed.sharding_plan import (construct_module_sharding_plan, 
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from ctr.distributed.choices import SHARDINGS
 from ctr.distributed.env import DistEnv
 
-SHARDING_CHOICES = ("auto", "data_parallel", "table_wise", "row_wise")
+SHARDING_CHOICES = SHARDINGS
 DENSE_KERNEL = "dense"
 # auto: tables at most this many rows are replicated (cheap to all-reduce) ...
 AUTO_REPLICATE_MAX_ROWS = 10_000

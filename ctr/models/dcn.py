@@ -32,6 +32,7 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from ctr.models.layers import MLP, CTRModel, VectorCrossNet, logit_layer
+from ctr.models.config import ModelConfig
 from ctr.models.sparse import SparseArch
 
 
@@ -80,6 +81,11 @@ class DCN(CrossDeepModel):
     def __init__(self, sparse: SparseArch, num_dense: int, mlp: Sequence[int] = (400, 400, 400),
                  cross_layers: int = 3, dropout: float = 0.0) -> None:
         super().__init__(sparse, num_dense, mlp, cross_layers, dropout)
+
+    @classmethod
+    def from_config(cls, sparse: SparseArch, num_dense: int, config: ModelConfig) -> "DCN":
+        return cls(sparse, num_dense, mlp=config.mlp, cross_layers=config.cross_layers,
+                   dropout=config.dropout)
 
     def make_cross(self, in_features: int, num_layers: int) -> nn.Module:
         return VectorCrossNet(in_features, num_layers)

@@ -34,6 +34,7 @@ from torch import nn
 
 from ctr.models.dcn import CrossDeepModel
 from ctr.models.layers import MatrixCrossNet, MixtureCrossNet
+from ctr.models.config import ModelConfig
 from ctr.models.sparse import SparseArch
 
 
@@ -58,6 +59,12 @@ class DCNv2(CrossDeepModel):
             raise ValueError(f"low_rank and num_experts must be >= 1, not {low_rank}, {num_experts}")
         self.low_rank, self.num_experts = low_rank, num_experts
         super().__init__(sparse, num_dense, mlp, cross_layers, dropout)
+
+    @classmethod
+    def from_config(cls, sparse: SparseArch, num_dense: int, config: ModelConfig) -> "DCNv2":
+        return cls(sparse, num_dense, mlp=config.mlp, cross_layers=config.cross_layers,
+                   low_rank=config.dcnv2_low_rank, num_experts=config.dcnv2_experts,
+                   dropout=config.dropout)
 
     def make_cross(self, in_features: int, num_layers: int) -> nn.Module:
         if self.low_rank is None:

@@ -26,6 +26,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from ctr.models.layers import FM, MLP, CTRModel, logit_layer
+from ctr.models.config import ModelConfig
 from ctr.models.sparse import SparseArch
 
 
@@ -45,6 +46,10 @@ class DeepFM(CTRModel):
         self.fm = FM()
         self.dnn = MLP(self.deep_input_dim, mlp, dropout)
         self.dnn_logit = logit_layer(self.dnn.out_features)
+
+    @classmethod
+    def from_config(cls, sparse: SparseArch, num_dense: int, config: ModelConfig) -> "DeepFM":
+        return cls(sparse, num_dense, mlp=config.mlp, dropout=config.dropout)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         emb, lin = self.sparse(sparse)

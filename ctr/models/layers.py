@@ -43,6 +43,7 @@ from torchrec.modules.crossnet import CrossNet as _TorchRecMatrixCrossNet
 from torchrec.modules.crossnet import LowRankMixtureCrossNet as _TorchRecMixtureCrossNet
 from torchrec.modules.crossnet import VectorCrossNet as _TorchRecVectorCrossNet
 
+from ctr.models.config import ModelConfig
 from ctr.models.sparse import SparseArch
 
 # Standard deviation of a unit normal truncated to [-2, 2]; Keras divides by it.
@@ -251,6 +252,11 @@ class CTRModel(nn.Module):
     are the EBC tables (embeddings and first-order rows), :meth:`dense_parameters`
     everything else (DNN, cross, logit layer, ``dense_linear``, ``bias``).
     """
+
+    @classmethod
+    def from_config(cls, sparse: SparseArch, num_dense: int, config: ModelConfig) -> "CTRModel":
+        """The model with ``config``'s settings (each subclass picks the fields it uses)."""
+        raise NotImplementedError(cls.__name__)
 
     def __init__(self, sparse: SparseArch, num_dense: int) -> None:
         super().__init__()

@@ -23,9 +23,14 @@ from typing import Any
 import yaml
 
 from ctr.optim.options import OptimizerOptions
+from ctr.models.config import MODEL_SETTINGS, ModelConfig
 from ctr.optim.scaling import Hyperparams, parse_batch, scale_hyperparams
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+# The base hyperparameters a config or a flag may set (``cowclip`` is the rule's to decide).
+HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(Hyperparams) if f.name != "cowclip")
 
 
 class ConfigError(ValueError):
@@ -91,9 +96,14 @@ class TrainConfig:
                 raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, not {value!r}")
         try:
             self.adam_epsilon = self.optimizer_options().adam_epsilon   # checks every option
-        except ValueError as e:
+            self.model_settings()
+            self.resolved_hparams()
+        except (ValueError, TypeError) as e:
             raise ConfigError(str(e)) from e
         return self
+
+    def model_settings(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model_config)
 
 
 def config_path(dataset: str, model: str) -> Path:
@@ -125,17 +135,19 @@ def load_config(model: str, dataset: str = "synthetic", path: str | Path | None 
     values.setdefault("model", model)
     values.setdefault("dataset", dataset)
     cfg = TrainConfig(**values)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key in ("dense_lr", "embedding_lr", "l2", "warmup_epochs", "r", "zeta"):
-            cfg.hparams = {**cfg.hparams, key: value}
-        elif key in ("embedding_dim", "mlp", "init_std", "cross_layers", "dcnv2_low_rank"):
-            cfg.model_config = {**cfg.model_config, key: value}
-        elif key in known:
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in given.items():  # run settings first: the scaling rule decides below
+        if key in known:
             setattr(cfg, key, value)
-        else:
+        elif key not in HPARAM_FIELDS and key not in MODEL_SETTINGS:
             raise ConfigError(f"unknown setting {key!r}")
+    for key, value in given.items():
+        if key == "warmup_epochs" and cfg.scaling == "cowclip":
+            cfg.cowclip_warmup_epochs = value   # the cowclip rule owns the warm-up
+        elif key in HPARAM_FIELDS:
+            cfg.hparams = {**cfg.hparams, key: value}
+        elif key in MODEL_SETTINGS:
+            cfg.model_config = {**cfg.model_config, key: value}
     try:
         cfg.batch = parse_batch(cfg.batch)
         cfg.base_batch = parse_batch(cfg.base_batch)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,17 +33,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ctr.data.dataset import DatasetError, read_meta, resolve_split
-from ctr.data.loader import BatchLoader, SplitTensors
+from ctr.data.loader import BatchLoader, BatchSource, SplitTensors
 from ctr.distributed.env import DistEnv, init_distributed, shutdown_distributed
-from ctr.distributed.sharding import (dense_parameters, describe_plan, fused_groups, init_embeddings_,
-                                      shard_model)
-from ctr.models import ModelConfig, build_model
-from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.scaling import describe, format_batch
 from ctr.faults import fault_point
 from ctr.fsutil import write_bytes_atomic, write_json_atomic
 from ctr.progress import progress_bar
 from ctr.train import checkpoint as ckpt
+from ctr.train.build import build_model_parts, build_optimizer
 from ctr.train.config import TrainConfig
 from ctr.train.divergence import Diverged, LossGuard
 from ctr.train.metrics import click_metrics, peak_memory_mb
@@ -80,11 +77,22 @@ def predict(model: torch.nn.Module, data: SplitTensors, batch_size: int, env: Di
     return p.numpy(), y.numpy()
 
 
+LoaderFactory = Callable[[SplitTensors, TrainConfig, DistEnv], BatchSource]
+
+
+def default_loader(train: SplitTensors, cfg: TrainConfig, env: DistEnv) -> BatchSource:
+    """The in-memory loader: a seeded permutation per epoch, this rank's slice of each batch."""
+    return BatchLoader(train, cfg.batch, shuffle=True, seed=cfg.seed, drop_last=cfg.drop_last,
+                       rank=env.rank, world_size=env.world_size)
+
+
 class Trainer:
     """One training run of one model at one batch size; see the module docstring."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False,
+                 make_loader: LoaderFactory | None = None):
         self.cfg, self.resume, self.quiet = cfg.validate(), resume, quiet
+        self.make_loader = make_loader   # how the train split becomes batches (default_loader)
         self.run_dir = Path(cfg.out) if cfg.out else None
         self._stop = StopSignals()   # its handlers are installed only inside fit()
 
@@ -121,26 +129,18 @@ class Trainer:
         self.log(f"data {cfg.data}: train {self.train_data.num_rows:,} / valid "
                  f"{self.valid_data.num_rows:,} / test {self.test_data.num_rows:,} rows "
                  f"({time.time() - t0:.1f}s to load)")
-        torch.manual_seed(cfg.seed)
-        mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in cfg.model_config.items()})
-        model = build_model(cfg.model, meta["dense_fields"], meta["sparse_fields"],
-                            meta["vocab_sizes"], mcfg, device=env.device, sparse_device="meta")
-        self.dmp, per_field = shard_model(model, env, cfg.sharding)
-        self.log(describe_plan(per_field, meta["vocab_sizes"], env.world_size))
-        self.groups = fused_groups(self.dmp)
-        init_embeddings_(self.groups, cfg.seed, mcfg.init_std)
-        self.loader = BatchLoader(self.train_data, cfg.batch, shuffle=True, seed=cfg.seed,
-                                  drop_last=cfg.drop_last, rank=env.rank, world_size=env.world_size)
+        self.parts = parts = build_model_parts(cfg.model, cfg.model_settings(), meta, env, cfg.sharding,
+                                               seed=cfg.seed)
+        self.dmp, self.groups = parts.module, parts.groups
+        self.log(parts.describe_plan(env.world_size))
+        self.loader = (self.make_loader or default_loader)(self.train_data, cfg, env)
         self.steps_per_epoch = len(self.loader)
-        warmup = CTROptimizer.warmup_steps_for(self.hp.warmup_epochs, self.train_data.num_rows,
-                                               cfg.batch, self.steps_per_epoch, cfg.warmup_form)
-        self.opt = CTROptimizer(dense_parameters(self.dmp), self.groups, self.hp, warmup,
-                                meta["sparse_fields"], options=cfg.optimizer_options())
+        self.opt = build_optimizer(cfg, self.hp, parts, self.steps_per_epoch, self.train_data.num_rows,
+                                   meta["sparse_fields"])
         self.guard = LossGuard(float(self.train_data.labels.float().mean()))
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
-                 f"warmup {warmup} steps; {env.world_size} rank(s) on {env.device} ({env.backend})")
+                 f"warmup {self.opt.warmup_steps} steps; {env.world_size} rank(s) on {env.device} ({env.backend})")
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.done_seconds, self.done_samples = 0.0, 0   # training time and samples before a resume
         self.metrics_log: list[dict[str, Any]] = []

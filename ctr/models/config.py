@@ -1,0 +1,46 @@
+"""The model names and architecture settings, without importing torch or TorchRec.
+
+The command line, the config loader and the docs take the list of models and of model
+settings from here (``ctr.models.MODELS`` maps the same names to their classes), so a model
+or a setting is added in one place.
+
+Example::
+
+    cfg = ModelConfig(embedding_dim=16, mlp=(256, 256))
+    assert "dcnv2" in MODEL_NAMES
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# The models, in the order the docs list them: DeepFM, DCN, DCNv2 (DCN-Mix with a low rank),
+# Wide&Deep.
+MODEL_NAMES = ("deepfm", "dcn", "dcnv2", "wd")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyperparameters shared by all models (a model ignores fields it has no use for)."""
+
+    embedding_dim: int = 10
+    mlp: tuple[int, ...] = (400, 400, 400)
+    cross_layers: int = 3               # DCN / DCNv2
+    dcnv2_low_rank: int | None = None   # None: full matrix cross; int: low-rank mixture of experts
+    dcnv2_experts: int = 4
+    init_std: float = 1e-2              # embedding init N(0, std)
+    dropout: float = 0.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """From a config's ``model_config`` mapping (lists become tuples); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+MODEL_SETTINGS = tuple(f.name for f in dataclasses.fields(ModelConfig))
