@@ -43,8 +43,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ctr.distributed.choices import SHARDINGS
 from ctr.distributed.env import DistEnv
+from ctr.models.config import field_of, kind_of
 
-SHARDING_CHOICES = SHARDINGS
 DENSE_KERNEL = "dense"
 # auto: tables at most this many rows are replicated (cheap to all-reduce) ...
 AUTO_REPLICATE_MAX_ROWS = 10_000
@@ -55,8 +55,8 @@ SPARSE_MODULES = ("sparse.embedding", "sparse.linear")
 
 def choose_sharding(table_rows: dict[str, int], world_size: int, choice: str) -> dict[str, tuple[str, int]]:
     """table -> (sharding type, rank for table_wise). ``auto`` balances rows across ranks."""
-    if choice not in SHARDING_CHOICES:
-        raise ValueError(f"--sharding must be one of {SHARDING_CHOICES}, not {choice!r}")
+    if choice not in SHARDINGS:
+        raise ValueError(f"--sharding must be one of {SHARDINGS}, not {choice!r}")
     out: dict[str, tuple[str, int]] = {}
     load = [0] * world_size
     for name, rows in sorted(table_rows.items(), key=lambda kv: -kv[1]):
@@ -105,11 +105,6 @@ def _has_submodule(model: nn.Module, path: str) -> bool:
         return model.get_submodule(path) is not None
     except AttributeError:
         return False
-
-
-def field_of(table: str) -> str:
-    """``emb_C1`` / ``lin_C1`` -> ``C1`` (the naming contract of ctr.models.sparse)."""
-    return table.split("_", 1)[1]
 
 
 def build_plan(model: nn.Module, world_size: int, device_type: str, choice: str
@@ -225,7 +220,7 @@ def fused_groups(dmp: nn.Module) -> list[FusedGroup]:
             continue  # an empty shard (more ranks than rows)
         parts = name.split(".")
         table = parts[parts.index("embedding_bags") + 1]
-        kind = "embedding" if table.startswith("emb_") else "linear"
+        kind = kind_of(table)
         rows, dim = p.shape
         value = sd[name]
         if hasattr(value, "local_shards"):  # ShardedTensor: table_wise / row_wise

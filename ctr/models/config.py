@@ -44,3 +44,23 @@ class ModelConfig:
 
 
 MODEL_SETTINGS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+# The tables' naming contract: field C1 has an embedding table emb_C1 [V, D] (CowClip applies)
+# and a first-order table lin_C1 [V, 1] (never clipped). Sharding, the optimizer and
+# checkpoints tell them apart by these names.
+EMBEDDING_PREFIX = "emb_"
+LINEAR_PREFIX = "lin_"
+TABLE_KINDS = {EMBEDDING_PREFIX: "embedding", LINEAR_PREFIX: "linear"}
+
+
+def field_of(table: str) -> str:
+    """``emb_C1`` / ``lin_C1`` -> ``C1``."""
+    return table.split("_", 1)[1]
+
+
+def kind_of(table: str) -> str:
+    """``emb_C1`` -> ``embedding``, ``lin_C1`` -> ``linear``."""
+    for prefix, kind in TABLE_KINDS.items():
+        if table.startswith(prefix):
+            return kind
+    raise ValueError(f"{table!r} is not a table name ({sorted(TABLE_KINDS)} + field)")

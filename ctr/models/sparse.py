@@ -37,8 +37,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.modules.embedding_configs import PoolingType
 
-EMBEDDING_PREFIX = "emb_"
-LINEAR_PREFIX = "lin_"
+from ctr.models.config import EMBEDDING_PREFIX, LINEAR_PREFIX
 
 
 def _tables(prefix: str, fields: list[str], vocab_sizes: dict[str, int], dim: int,

@@ -26,7 +26,9 @@ from ctr.optim.options import OptimizerOptions
 from ctr.models.config import MODEL_SETTINGS, ModelConfig
 from ctr.optim.scaling import Hyperparams, parse_batch, scale_hyperparams
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Shipped inside the package (package data), so an installed ctr finds them anywhere; the
+# top-level configs/ of a source checkout is a link to this directory.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 # The base hyperparameters a config or a flag may set (``cowclip`` is the rule's to decide).
