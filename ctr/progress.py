@@ -45,7 +45,7 @@ class _LineBar(tqdm):
                          and not getattr(self, "_ctr_started", False)):
             self._ctr_started = True  # a clear, or the empty bar at start: nothing to say
             return True
-        fp: Any = self.fp
+        fp: Any = getattr(self, "fp")
         fp.write((msg if msg is not None else self.__str__()) + "\n")
         fp.flush()
         return True
@@ -53,7 +53,8 @@ class _LineBar(tqdm):
     def close(self) -> None:
         if not hasattr(self, "fp"):  # a disabled bar has no stream
             return super().close()
-        fp, self.fp = self.fp, _NoBareNewline(self.fp)
+        fp: Any = getattr(self, "fp")
+        self.fp = _NoBareNewline(fp)
         try:
             super().close()
         finally:

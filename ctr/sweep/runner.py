@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,8 @@ def _run_locked(spec: SweepSpec, out: Path, progress: bool) -> dict[str, Any]:
     # The main thread decides what starts: Python runs signal handlers only there, so a Ctrl-C
     # is recorded before the next cell would be submitted, never raced by a pool thread.
     with forward_signals() as received, ThreadPoolExecutor(max_workers=spec.jobs) as pool:
-        pending, running = list(todo), set()
+        pending = list(todo)
+        running: set[Future[None]] = set()
         while pending or running:
             while pending and len(running) < spec.jobs and not received:
                 running.add(pool.submit(one, pending.pop(0), received))

@@ -103,6 +103,9 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        if not cfg.data:
+            raise DatasetError("no dataset given (TrainConfig.data is empty)")
+        data: str = cfg.data
         self.env = env = init_distributed(cfg.device)
         if self.run_dir and env.is_main:
             hold_run_lock(self.run_dir)  # before anything is read or written there
@@ -112,20 +115,20 @@ class Trainer:
             # moments within ~1000 steps and make every step ~7x slower on x86. Flushing values
             # below 1.2e-38 to zero changes nothing measurable (GPUs do the same).
             torch.set_flush_denormal(True)
-        self.meta = meta = read_meta(cfg.data)
+        self.meta = meta = read_meta(data)
         self.hp = cfg.resolved_hparams()
         t0 = time.time()
-        self.train_data = SplitTensors.load(cfg.data, "train")
+        self.train_data = SplitTensors.load(data, "train")
         if self.train_data.num_rows == 0:
             raise DatasetError(f"{cfg.data}: the train split has no rows")
         if cfg.batch > self.train_data.num_rows:
             raise DatasetError(f"batch {format_batch(cfg.batch)} is larger than the train split of "
                                f"{cfg.data} ({self.train_data.num_rows:,} rows): every epoch would be "
                                "one partial step; use a smaller --batch or more data")
-        self.test_data = SplitTensors.load(cfg.data, "test")
+        self.test_data = SplitTensors.load(data, "test")
         # The paper's protocol has no separate validation split (valid is an alias of test).
         same = resolve_split(meta, "valid") == resolve_split(meta, "test")
-        self.valid_data = self.test_data if same else SplitTensors.load(cfg.data, "valid")
+        self.valid_data = self.test_data if same else SplitTensors.load(data, "valid")
         self.log(f"data {cfg.data}: train {self.train_data.num_rows:,} / valid "
                  f"{self.valid_data.num_rows:,} / test {self.test_data.num_rows:,} rows "
                  f"({time.time() - t0:.1f}s to load)")
