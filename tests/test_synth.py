@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,8 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 from ctr.data import synth
 from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, read_meta, split_files
-from ctr.data.preprocess import preprocess
+from ctr.data.encoding import FieldVocab, frequency_ids
+from ctr.data.preprocess import parse_split, preprocess
 from ctr.data.transforms import DenseStats, apply_dense_transform
+from ctr.metrics import click_metrics
 
 ROWS = 20_000
 HEX8 = re.compile(r"[0-9a-f]{8}")
@@ -97,6 +101,75 @@ def test_exact_split_sizes(tmp_path):
     assert "valid" not in meta["split_aliases"]
     with pytest.raises(FileExistsError):
         synth.generate_dataset(tmp_path / "b", 10_001, seed=1, progress=False)
+
+
+@pytest.mark.parametrize("rows,split,sizes", [
+    (10_005, (0.8, 0.1, 0.1), [8_004, 1_001, 1_000]),   # generator version 2: 8,005 / 1,000 / 1,000
+    (35, (0.9, 0.1), [32, 3]),                          # generator version 2: 31 / 4
+])
+def test_split_sizes_round_as_ctr_preprocess(tmp_path, rows, split, sizes):
+    """One rounding rule for both producers: SplitSpec.sizes (leading splits half up, the
+    last takes the rest), whatever form the split is given in."""
+    spec = parse_split("random:" + ",".join(map(str, split)))
+    assert spec.sizes(rows) == sizes
+    for form in (split, ",".join(map(str, split)), "random:" + ",".join(map(str, split)), spec):
+        assert synth.split_spec(form).sizes(rows) == sizes
+    meta = synth.generate_dataset(tmp_path / "d", rows, seed=1, split=split, progress=False)
+    assert [meta["splits"][s]["rows"] for s in spec.names] == sizes
+    assert meta["split"] == spec.meta(1, rows)
+    assert meta["oracle"]["test_rows"] == sizes[-1]
+
+
+@pytest.mark.parametrize("split", [(1.0,), (0.5, 0.6), (0.9, -0.1, 0.2), "sequential:0.9,0.1",
+                                   (0.25,) * 4])
+def test_split_rejects(split):
+    with pytest.raises(ValueError):
+        synth.split_spec(split)
+
+
+def test_cli_split_flag():
+    parser = argparse.ArgumentParser()
+    synth.add_synth_arguments(parser)
+    assert parser.parse_args([]).split.sizes(10) == [9, 1]
+    assert parser.parse_args(["--split", "0.8,0.1,0.1"]).split.names == ("train", "valid", "test")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--split", "0.9,0.2"])
+
+
+def test_frequency_ids_is_the_preprocessing_rule():
+    """The generator's label encoding and ctr-preprocess's vocabularies share one function:
+    descending count, ties by ascending key (raw id / sorted key), unseen -> 0."""
+    counts = np.array([5, 0, 7, 5, 1, 7])
+    ids, v = frequency_ids(counts)
+    assert ids.tolist() == [3, 0, 1, 4, 5, 2] and v == 6
+    ids, v = frequency_ids(counts, min_count=5)
+    assert ids.tolist() == [3, 0, 1, 4, 0, 2] and v == 5
+    vocab = FieldVocab()
+    keys = np.array([10, 20, 30, 40, 50], dtype=np.uint64)
+    vocab.add(keys, np.array([5, 7, 5, 1, 7]))
+    vocab.freeze()
+    assert vocab.lookup(keys).tolist() == frequency_ids(np.array([5, 7, 5, 1, 7]))[0].tolist()
+    assert vocab.size == 6
+
+
+def test_oracle_metrics_score_like_a_model():
+    rng = np.random.default_rng(0)
+    p = rng.random(2_000).astype(np.float32)
+    y = (rng.random(2_000) < p).astype(np.float32)
+    m, c = synth.oracle_metrics(y, p), click_metrics(y, p)
+    assert m == {"test_auc": c["auc"], "test_logloss": c["logloss"], "test_rows": 2_000}
+    assert m["test_auc"] == roc_auc_score(y, p)
+    assert synth.oracle_metrics(np.ones(3), np.full(3, 0.5)) == {
+        "test_auc": None, "test_logloss": None, "test_rows": 3}
+    assert synth.oracle_metrics(np.zeros(0), np.zeros(0))["test_rows"] == 0
+
+
+def test_import_stays_light():
+    """ctr-preprocess synth must not pay for torch (ctr.train) or scikit-learn at import."""
+    code = ("import sys, ctr.data.synth; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'ctr.train') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_dataset_determinism(ds, tmp_path):
@@ -240,7 +313,7 @@ def test_support_rule():
 def test_zipf_sampler_is_exact_inverse_cdf():
     rng = np.random.default_rng(0)
     for n in (3, 100, 5000, 300_000):
-        s = synth._ZipfSampler(n, 1.05)
+        s = synth.ZipfSampler(n, 1.05)
         u = rng.random(50_000)
         expect = np.minimum(np.searchsorted(s.cdf, u, side="right"), n - 1)
         np.testing.assert_array_equal(s.sample(u), expect)
@@ -268,7 +341,7 @@ def test_ensure_demo_dataset_reuses(tmp_path, capsys):
 
 def test_demo_defaults():
     assert synth.DEMO_DIR.name == "synthetic-demo" and synth.DEMO_DIR.parent.name == "data"
-    assert (synth.DEMO_DIR.parents[1] / "ctr" / "data" / "synth.py").is_file()
+    assert (synth.DEMO_DIR.parents[1] / "ctr" / "data" / "synth" / "demo.py").is_file()
     assert 500_000 <= synth.DEMO_ROWS <= 2_000_000
 
 
@@ -283,6 +356,17 @@ def test_parse_rows(text, rows):
 def test_parse_rows_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError):
         synth.parse_rows(text)
+
+
+def test_rows_are_decimal_unlike_batches():
+    from ctr.optim.scaling import parse_batch
+    assert synth.parse_rows("2k") == 2_000 and parse_batch("2k") == 2_048
+    parser = argparse.ArgumentParser()
+    synth.add_synth_arguments(parser)
+    rows_help = next(a.help for a in parser._actions if a.dest == "rows")
+    assert "k = 1,000" in rows_help and "k = 1024" in rows_help
+    with pytest.raises(ValueError):
+        synth.parse_rows(0)
 
 
 def test_cli(tmp_path, capsys):

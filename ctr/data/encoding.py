@@ -17,8 +17,10 @@ dictionary-encoded by Arrow (hash table in C++), so the per-value work is one ga
 A :class:`FieldVocab` counts keys over a stream of blocks (sorted unique keys + counts,
 merged with numpy in amortised batches, fine for ~10M distinct keys in a field) and is then
 frozen into ids: by descending count, ties by ascending key, so ids are deterministic and
-contiguous ``1..V-1`` (``0`` = missing or rare). :class:`CategoricalEncoder` holds one per
-field and implements the three encodings:
+contiguous ``1..V-1`` (``0`` = missing or rare). That rule is :func:`frequency_ids`, also used
+by the synthetic generator (:mod:`ctr.data.synth.dataset`) on its own counts, so both
+producers label-encode alike. :class:`CategoricalEncoder` holds one per field and implements
+the three encodings:
 
 - ``label``: every value seen gets an id (the paper's full label encoding);
 - ``min_count``: values seen fewer than ``min_count`` times map to ``0`` (BARS protocol);
@@ -38,7 +40,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -109,6 +110,7 @@ def string_keys(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if bad.any():
         idx = np.flatnonzero(bad)
         objs = arr.take(pa.array(idx)).to_numpy(zero_copy_only=False).astype(object)
+        import pandas as pd  # only for values that are not short hex (keeps imports light)
         keys[idx] = pd.util.hash_array(objs, categorize=False) | HASHED_BIT
     return keys
 
@@ -135,6 +137,26 @@ def hash_keys(keys: np.ndarray, buckets: int) -> np.ndarray:
     ids = (x % np.uint64(buckets)).astype(np.int64) + 1
     ids[keys == 0] = 0
     return ids.astype(np.int32)
+
+
+def frequency_ids(counts: np.ndarray, min_count: int = 1) -> tuple[np.ndarray, int]:
+    """Label encoding by frequency: ``(ids, V)`` for entries ``0..n-1`` with ``counts``.
+
+    Entries seen at least ``max(min_count, 1)`` times get ids ``1..V-1`` by descending count,
+    ties by ascending position; the others get ``0``. ``V`` = ids given + 1 (the embedding
+    table's rows, id 0 included). Callers order the entries by key first (a
+    :class:`FieldVocab`'s sorted keys, the synthetic generator's raw ids), so ties go by key::
+
+        frequency_ids(np.array([5, 0, 7, 5]))      # (array([2, 0, 1, 3], dtype=int32), 4)
+    """
+    counts = np.asarray(counts)
+    kept = np.flatnonzero(counts >= max(int(min_count), 1))
+    if len(kept) >= 2**31 - 1:
+        raise ValueError(f"vocabulary of {len(kept)} ids does not fit int32")
+    order = kept[np.argsort(-counts[kept], kind="stable")]  # count desc; stable: position asc
+    ids = np.zeros(len(counts), dtype=np.int32)
+    ids[order] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    return ids, len(kept) + 1
 
 
 class FieldVocab:
@@ -185,15 +207,7 @@ class FieldVocab:
         """Assigns ids ``1..`` by descending count, ties by ascending key; keys seen fewer
         than ``min_count`` times get ``0`` and no row in the embedding table."""
         self._merge()
-        n = len(self.keys)
-        order = np.lexsort((self.keys, -self.counts))  # count desc, then key asc
-        ids = np.zeros(n, dtype=np.int32)
-        kept = int((self.counts >= min_count).sum()) if min_count > 1 else n
-        if kept >= 2**31 - 1:
-            raise ValueError(f"vocabulary of {kept} ids does not fit int32")
-        ids[order[:kept]] = np.arange(1, kept + 1, dtype=np.int32)  # the kept are first in order
-        self.ids = ids
-        self.size = kept + 1
+        self.ids, self.size = frequency_ids(self.counts, min_count)  # keys are sorted ascending
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """int32 ids of ``keys``; missing (0), unseen and rare keys -> 0."""
