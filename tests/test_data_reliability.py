@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctr.cli.preprocess import main as cli_main
-from ctr.data import readers
-from ctr.data.dataset import (DatasetError, DatasetWriter, UnsafeOutputError, read_meta,
-                              remove_stale_temps)
-from ctr.data.readers import CRITEO_DENSE, CRITEO_SPARSE, RawInputError, detect_format
+from ctr.data.dataset import (CRITEO_DENSE, CRITEO_SPARSE, DatasetError, DatasetWriter,
+                              UnsafeOutputError, read_meta, remove_stale_temps)
+from ctr.data.raw import RawInputError, detect_format
+from ctr.data.raw import files as readers  # BLOCK_BYTES, MAX_LINE_BYTES
 from ctr.data.transforms import DenseStats, apply_dense_transform
 from ctr.faults import fault_point
 from tests.test_preprocess import criteo_rows, read_split, run, write_text

@@ -16,11 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctr.cli.preprocess import main as cli_main
-from ctr.data.dataset import read_meta, split_files
+from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, read_meta, split_files
 from ctr.data.encoding import CategoricalEncoder, FieldVocab, string_keys
 from ctr.data.preprocess import parse_split, preprocess
-from ctr.data.readers import (AVAZU_COLUMNS, CRITEO_DENSE, CRITEO_SPARSE, RawInputError,
-                              RawReader, detect_format)
+from ctr.data.raw import AVAZU_COLUMNS, RawInputError, RawReader, detect_format
 from ctr.data.transforms import apply_dense_transform
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctr.data.readers import AVAZU_COLUMNS, detect_format
+from ctr.data.raw import AVAZU_COLUMNS, detect_format
 from ctr.distributed.sharding import FusedGroup, TableShard, dense_parameters
 from ctr.models import CROSS_L2, ModelConfig, build_model, reference_l2
 from ctr.optim.optimizer import CTROptimizer

@@ -26,7 +26,7 @@ import sys
 from contextlib import contextmanager
 
 from ctr.data.encoding import ENCODINGS
-from ctr.data.readers import FORMATS, RawInputError
+from ctr.data.raw import FORMATS, RawInputError
 from ctr.data.transforms import DENSE_TRANSFORMS
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143

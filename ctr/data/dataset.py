@@ -50,6 +50,7 @@ META_FILE = "meta.json"
 LABEL = "label"
 SPLITS = ("train", "valid", "test")
 
+# Criteo's field names, defined here once (ctr.data.raw.criteo and ctr.data.synth import them)
 CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
 CRITEO_SPARSE = [f"C{i}" for i in range(1, 27)]
 _PART_FILE = re.compile(r"^part-\d+\.parquet$")

@@ -38,17 +38,13 @@ import pyarrow as pa
 
 from ctr.data.dataset import LABEL, DatasetWriter, read_meta
 from ctr.data.encoding import CategoricalEncoder
-from ctr.data.readers import BLOCK_BYTES, RawInputError, RawReader, detect_format
+from ctr.data.raw import (BAD_SHARE_MIN_ROWS, BLOCK_BYTES, RawInputError, RawReader,
+                         check_bad_share, detect_format)
 from ctr.data.transforms import DenseStats, apply_dense_transform, check_transform
 
 SPLIT_KINDS = ("random", "sequential")
 DEFAULT_SPLIT = "random:0.9,0.1"
 MAX_LISTED_BAD = 20
-# --skip-bad-rows is for a few damaged rows: once more than this share of a file's rows is bad
-# (checked after each block once BAD_SHARE_MIN_ROWS rows are seen, and at the file's end),
-# the layout was misread and the run stops
-BAD_SHARE_LIMIT = 0.5
-BAD_SHARE_MIN_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -252,7 +248,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
                     bad_file += len(blk.bad)
                     first_bad = first_bad or (blk.bad[0] if blk.bad else None)
                     if n_file + bad_file >= BAD_SHARE_MIN_ROWS:
-                        _check_bad_share(fm, n_file, bad_file, first_bad)
+                        check_bad_share(fm, n_file, bad_file, first_bad)
                     if n and dense_fields:
                         dstats.update(blk.dense)
                     if n and encoder.needs_counts:
@@ -266,7 +262,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
                             bad_listed.append({"path": fm.path, "line": line, "problem": problem})
                     bar.update(blk.raw_pos - last_pos, n)
                     last_pos = blk.raw_pos
-                _check_bad_share(fm, n_file, bad_file, first_bad)
+                check_bad_share(fm, n_file, bad_file, first_bad)
                 rows_per_input.append(n_file)
         finally:
             bar.close()
@@ -344,18 +340,6 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
                      seconds=time.perf_counter() - t_start, rows=n_total, bytes=total_bytes,
                      positives=positives)
     return read_meta(out)
-
-
-def _check_bad_share(fm, good: int, bad: int, example: tuple[int, str] | None) -> None:
-    """Stops a run whose rows are mostly bad: a wrong layout, not a few damaged lines."""
-    if bad <= BAD_SHARE_LIMIT * (good + bad):
-        return
-    unit = "row" if fm.name == "parquet" else "line"
-    eg = f" (first: {unit} {example[0]}: {example[1]})" if example else ""
-    raise RawInputError(f"{fm.path}: {bad:,} of the {good + bad:,} rows read are bad{eg}; with "
-                        f"more than {BAD_SHARE_LIMIT:.0%} bad the layout looks wrong (read as "
-                        f"{fm.name}, {len(fm.columns)} fields), so this stops even with "
-                        "--skip-bad-rows: check the file or pass the right --format")
 
 
 def _encode_block(blk, encoder: CategoricalEncoder, dense: str, dense_params: dict,
