@@ -1,10 +1,32 @@
-"""Shared fixtures: a small synthetic dataset made once per test session."""
+"""Shared fixtures: a small synthetic dataset made once per test session, and the test device.
 
+``CTR_TEST_DEVICE=cuda pytest -m device`` runs the step / optimizer / model tests that can run
+on any device (marked ``@pytest.mark.device``; they use :data:`DEVICE` or the ``device``
+fixture) on a GPU; the default is ``cpu``. ``tools/gpu_check.sh`` does that on a GPU machine.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Where the device-independent tests put their tensors and models.
+DEVICE = torch.device(os.environ.get("CTR_TEST_DEVICE", "cpu"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on CTR_TEST_DEVICE (default cpu); "
+                            "`CTR_TEST_DEVICE=cuda pytest -m device` runs these on a GPU")
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("CTR_TEST_DEVICE=cuda, but torch sees no GPU")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device of the device-independent tests (``CTR_TEST_DEVICE``, default cpu)."""
+    return DEVICE
 
 
 @pytest.fixture(scope="session")

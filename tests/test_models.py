@@ -9,11 +9,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
-from torchrec.modules.embedding_configs import PoolingType
 
-from ctr.models import MODELS, CTRModel, ModelConfig, SparseArch, build_model
-from ctr.models.layers import (FM, MLP, MatrixCrossNet, MixtureCrossNet, VectorCrossNet,
+# These tests build the torchrec backend's models (the default); without TorchRec they skip, and
+# tests/test_backends.py covers the torch backend's (on CTR_TEST_DEVICE too).
+pytest.importorskip("torchrec")
+from torchrec import EmbeddingBagCollection, KeyedJaggedTensor  # noqa: E402
+from torchrec.modules.embedding_configs import PoolingType  # noqa: E402
+
+from ctr.models import MODELS, CTRModel, ModelConfig, SparseArch, build_model  # noqa: E402
+from ctr.models.layers import (FM, MLP, MatrixCrossNet, MixtureCrossNet, VectorCrossNet,  # noqa: E402
                                glorot_normal_)
 
 SPARSE = ["C0", "C1", "C2", "C3", "C4"]
@@ -170,6 +174,54 @@ def test_dense_layers_use_deepctr_init():
     w = torch.empty(2000, 1000)
     glorot_normal_(w, 1000, 2000)
     assert w.std().item() == pytest.approx(math.sqrt(2 / 3000), rel=0.02)
+
+
+def test_dnn_init_defaults_to_glorot_normal_everywhere():
+    assert ModelConfig().dnn_init == "glorot_normal"
+    from ctr.train.config import load_config
+    for dataset in ("criteo", "avazu", "synthetic"):
+        for name in MODELS:
+            assert load_config(name, dataset).model_settings().dnn_init == "glorot_normal", (dataset, name)
+    # the default changes nothing: the same draws as a model built without the option
+    torch.manual_seed(5)
+    default = build_model("deepfm", DENSE, SPARSE, VOCAB, ModelConfig(**SMALL)).state_dict()
+    torch.manual_seed(5)
+    named = build_model("deepfm", DENSE, SPARSE, VOCAB, ModelConfig(**SMALL, dnn_init="glorot_normal"))
+    assert all(torch.equal(default[k], v) for k, v in named.state_dict().items())
+
+
+def test_dnn_init_torch_is_nn_linear_default_on_dense_layers_only():
+    from ctr.models.layers import DNN_INITS
+    from ctr.train.settings import SETTING
+    assert SETTING["dnn_init"].choices == DNN_INITS and SETTING["dnn_init"].where == "model"
+    mlp = (400, 300)
+    torch.manual_seed(0)
+    glorot = build_model("dcnv2", DENSE, SPARSE, VOCAB,
+                         ModelConfig(embedding_dim=8, mlp=mlp, dcnv2_low_rank=4, dcnv2_experts=2))
+    torch.manual_seed(0)
+    tor = build_model("dcnv2", DENSE, SPARSE, VOCAB,
+                      ModelConfig(embedding_dim=8, mlp=mlp, dcnv2_low_rank=4, dcnv2_experts=2, dnn_init="torch"))
+    d = tor.deep_input_dim
+    first_g, first_t = glorot.dnn.layers[0], tor.dnn.layers[0]
+    # glorot: truncated normal, std sqrt(2 / (fan_in + fan_out)), zero bias;
+    # torch: U(±1/sqrt(fan_in)) kernel (std 1/sqrt(3 fan_in)) and bias
+    assert first_g.weight.std().item() == pytest.approx(math.sqrt(2 / (d + 400)), rel=0.05)
+    assert first_t.weight.std().item() == pytest.approx(1 / math.sqrt(3 * d), rel=0.05)
+    assert first_t.weight.abs().max() <= 1 / math.sqrt(d) + 1e-6
+    assert (first_g.bias == 0).all() and (first_t.bias != 0).all()
+    assert first_t.bias.abs().max() <= 1 / math.sqrt(d) + 1e-6
+    second = tor.dnn.layers[2]
+    assert second.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 400), rel=0.05)
+    for layer, fan_in in ((tor.logit, tor.logit.in_features), (tor.dense_linear, len(DENSE))):
+        assert layer.weight.abs().max() <= 1 / math.sqrt(fan_in) + 1e-6
+    assert not torch.equal(glorot.logit.weight, tor.logit.weight)
+    # tables, cross network (kernels, gates) and the global bias keep their initialisation
+    sg, st = glorot.state_dict(), tor.state_dict()
+    kept = [k for k in st if k.startswith("sparse.") or k.startswith("cross.") or k == "bias"]
+    assert any(k.startswith("cross.") for k in kept) and any("gates" in k for k in kept)
+    assert all(torch.equal(sg[k], st[k]) for k in kept)
+    with pytest.raises(ValueError, match="dnn_init"):
+        build_model("deepfm", DENSE, SPARSE, VOCAB, ModelConfig(**SMALL, dnn_init="he"))
 
 
 def test_build_model_rejects_unknown_names_and_empty_towers():

@@ -8,25 +8,30 @@ import math
 import pytest
 import torch
 
-from ctr.distributed.sharding import FusedGroup, TableShard
+from ctr.distributed.shards import FusedGroup, TableShard
 from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.options import OptimizerOptions
 from ctr.optim.scaling import Hyperparams
+from tests.conftest import DEVICE
 
 FIELDS = ["A", "B", "C"]
 DIM = 4
 
 
-def make_groups(seed=0):
+def make_groups(seed=0, device="cpu"):
     """Group 0: tables A (7 rows) and B (5 rows) whole; group 1: rows 10..19 of table C (30 rows),
-    as a row-wise shard; group 2: first-order tables (never clipped)."""
+    as a row-wise shard; group 2: first-order tables (never clipped). Drawn on the CPU, then
+    placed on ``device``."""
     g = torch.Generator().manual_seed(seed)
-    emb = FusedGroup(torch.nn.Parameter(torch.randn(12 * DIM, generator=g) * 1e-3), DIM, [
+
+    def param(n):
+        return torch.nn.Parameter((torch.randn(n, generator=g) * 1e-3).to(device))
+    emb = FusedGroup(param(12 * DIM), DIM, [
         TableShard("emb_A", "A", "embedding", 7, DIM, 0, 7, 0, False),
         TableShard("emb_B", "B", "embedding", 5, DIM, 0, 5, 7, False)])
-    rw = FusedGroup(torch.nn.Parameter(torch.randn(10 * DIM, generator=g) * 1e-3), DIM, [
+    rw = FusedGroup(param(10 * DIM), DIM, [
         TableShard("emb_C", "C", "embedding", 30, DIM, 10, 10, 0, False)])
-    lin = FusedGroup(torch.nn.Parameter(torch.randn(12, generator=g) * 1e-3), 1, [
+    lin = FusedGroup(param(12), 1, [
         TableShard("lin_A", "A", "linear", 7, 1, 0, 7, 0, False),
         TableShard("lin_B", "B", "linear", 5, 1, 0, 5, 7, False)])
     return [emb, rw, lin]
@@ -81,16 +86,18 @@ OPTIONS = {"reference": OptimizerOptions(),
                                            adam_epsilon=1e-8)}
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("options", sorted(OPTIONS))
 @pytest.mark.parametrize("l2", [1e-5, 0.7])   # 0.7: 2λ > r, the full-table clip path
 @pytest.mark.parametrize("cowclip", [True, False])
 def test_fast_step_equals_brute_force(l2, cowclip, options):
+    """The fast step on DEVICE (CTR_TEST_DEVICE), the brute-force one on the CPU."""
     opts = OPTIONS[options]
     # zeta 1e-3: the reference's floor sqrt(d)*zeta = 2e-3 binds on these ~2e-3-norm rows
     hp = Hyperparams(dense_lr=1e-3, embedding_lr=1e-2, l2=l2, warmup_epochs=0, cowclip=cowclip,
                      r=1.0, zeta=1e-4 if options == "paper-torch" else 1e-3)
-    fast, slow = make_groups(), make_groups()
-    dense = torch.nn.Parameter(torch.zeros(3))
+    fast, slow = make_groups(device=DEVICE), make_groups()
+    dense = torch.nn.Parameter(torch.zeros(3, device=DEVICE))
     opt = CTROptimizer([dense], fast, hp, warmup_steps=0, sparse_fields=FIELDS, options=opts)
     gen = torch.Generator().manual_seed(1)
     state, clipped_any = {}, False
@@ -103,22 +110,23 @@ def test_fast_step_equals_brute_force(l2, cowclip, options):
         grads[0].view(-1, DIM)[5] = 0  # a zero gradient row stays zero
         absent_rows_get_no_data_gradient(fast, grads, ids)
         opt.zero_grad()
-        dense.grad = torch.zeros(3)
+        dense.grad = torch.zeros(3, device=DEVICE)
         for g, gr in zip(fast, grads):
-            g.weight.grad = gr.clone()
-        opt.step(ids)
+            g.weight.grad = gr.to(DEVICE)
+        opt.step(ids.to(DEVICE))
         clipped_any |= opt.last_clip_fraction > 0
         brute_step(slow, grads, ids, hp, state, t, opts)
         for a, b in zip(fast, slow):
-            assert torch.allclose(a.weight, b.weight, atol=1e-6, rtol=1e-5)
+            assert torch.allclose(a.weight.detach().cpu(), b.weight, atol=1e-6, rtol=1e-5)
     assert clipped_any == cowclip  # the test would notice a clip that never fires
 
 
+@pytest.mark.device
 def test_counts_cover_global_batch_and_ignore_other_shards():
-    groups = make_groups()
-    opt = CTROptimizer([torch.nn.Parameter(torch.zeros(1))], groups,
+    groups = make_groups(device=DEVICE)
+    opt = CTROptimizer([torch.nn.Parameter(torch.zeros(1, device=DEVICE))], groups,
                        Hyperparams(1e-3, 1e-3, 0.0, 0, True, 1.0, 1e-5), 0, FIELDS)
-    ids = torch.tensor([[1, 0, 9], [1, 4, 10], [6, 4, 19], [1, 2, 25]], dtype=torch.int32)
+    ids = torch.tensor([[1, 0, 9], [1, 4, 10], [6, 4, 19], [1, 2, 25]], dtype=torch.int32, device=DEVICE)
     c0 = opt._index[id(groups[0])].counts(ids)
     assert c0.tolist() == [0, 3, 0, 0, 0, 0, 1] + [1, 0, 1, 0, 2]
     c1 = opt._index[id(groups[1])].counts(ids)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ctr.data.raw import AVAZU_COLUMNS, detect_format
-from ctr.distributed.sharding import FusedGroup, TableShard, dense_parameters
+from ctr.distributed.shards import FusedGroup, TableShard, dense_parameters
 from ctr.models import CROSS_L2, ModelConfig, build_model, reference_l2
 from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.options import OptimizerOptions
@@ -296,6 +296,7 @@ def test_sparse_state_is_created_on_the_weights_device():
                                                           "exp_avg_sq": "meta"}
 
 
+@pytest.mark.device
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_sparse_state_on_cuda_steps_with_fused_adam():
     w = torch.nn.Parameter(torch.randn(8, device="cuda") * 1e-2)

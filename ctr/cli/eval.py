@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ctr.data.dataset import SPLITS, DatasetError, read_meta
-from ctr.distributed.choices import DEVICES
+from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS
 from ctr.exitcodes import EXIT_OK, EXIT_USAGE
 from ctr.fsutil import write_json_atomic
 
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="processed dataset (default: the one the run trained on)")
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--embedding-backend", default="auto", choices=EMBEDDING_BACKENDS,
+                   help="torchrec or torch (plain PyTorch); auto: torchrec where it imports. Either "
+                   "one reads a checkpoint of either")
     p.add_argument("--batch", type=_positive, help="evaluation batch (default: the run's eval_batch)")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval-SPLIT.json)")
     args = p.parse_args(argv)
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctr-eval: cannot write {out}: {out.parent} is not a writable directory", file=sys.stderr)
         return EXIT_USAGE
     try:
-        metrics = evaluate_run(args.run, args.data, args.split, args.device, args.batch)
+        metrics = evaluate_run(args.run, args.data, args.split, args.device, args.batch,
+                               args.embedding_backend)
     except (DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"ctr-eval: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -65,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int | None = None) -> dict:
+def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int | None = None,
+                 embedding_backend: str = "auto") -> dict:
+    """The metrics of ``run``'s latest checkpoint on ``split``, in one process."""
+    from ctr.distributed.choices import resolve_embedding_backend
 
     from ctr.data.loader import SplitTensors
     from ctr.distributed.env import init_distributed, shutdown_distributed
@@ -91,6 +98,10 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
         raise DatasetError(f"{cfg_file}: names no dataset; pass --data")
     meta = read_meta(data)
     state = ckpt.load_checkpoint(run_dir)
+    try:
+        backend = resolve_embedding_backend(embedding_backend)
+    except (ValueError, RuntimeError) as e:
+        raise DatasetError(str(e)) from e
     t0 = time.time()
     env = init_distributed(device)
     try:
@@ -98,14 +109,14 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
             settings = ModelConfig.from_dict(cfg.get("model_config", {}))
         except (TypeError, ValueError) as e:
             raise DatasetError(f"{cfg_file}: bad model_config ({e})") from e
-        parts = build_model_parts(cfg["model"], settings, meta, env, "auto")
+        parts = build_model_parts(cfg["model"], settings, meta, env, "auto", embedding_backend=backend)
         ckpt.restore_(state, parts.module, parts.groups, None)
         split_data = SplitTensors.load(data, split)
         probs, labels = predict(parts.module, split_data, batch or int(cfg.get("eval_batch") or TrainConfig.eval_batch), env)
     finally:
         shutdown_distributed()
     metrics = {"run": str(run_dir), "data": str(data), "split": split, "model": cfg["model"],
-               **click_metrics(labels, probs), "seconds": time.time() - t0}
+               "embedding_backend": backend, **click_metrics(labels, probs), "seconds": time.time() - t0}
     return metrics
 
 

@@ -104,6 +104,20 @@ def _check_resume_config(run_dir: Path, cfg) -> None:
     check_compatible(saved, cfg.to_dict(), run_dir)
 
 
+def _check_backend_before_launch(cfg) -> None:
+    """Refuses in the launcher, not in N workers, a sharding that ``auto`` resolving to the torch
+    backend (no TorchRec here) cannot do. Costs a TorchRec import only in that case."""
+    from ctr.distributed.choices import (TORCH_BACKEND_SHARDINGS, check_backend_sharding,
+                                         resolve_embedding_backend)
+    from ctr.train.config import ConfigError
+    if cfg.sharding in TORCH_BACKEND_SHARDINGS or cfg.embedding_backend == "torchrec":
+        return
+    try:
+        check_backend_sharding(resolve_embedding_backend(cfg.embedding_backend), cfg.sharding)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(str(e)) from e
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -139,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume:
                 _check_resume_config(run_dir, cfg)
         if args.nproc > 1 and not worker:
+            _check_backend_before_launch(cfg)
             from ctr.distributed.env import launch_workers
             child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]
             fd = run_lock_fd(run_dir)

@@ -5,9 +5,11 @@
     Parquet split ──read once──▶ SplitTensors (ids int32 [N, F], dense float32 [N, D], labels [N])
                                      │  per epoch: permutation from (seed, epoch)
                                      ▼
-    BatchLoader.epoch(e) ──▶ Batch(dense, sparse: KeyedJaggedTensor, labels, global_ids)
+    BatchLoader.epoch(e) ──▶ Batch(dense, ids [b, F], labels, global_ids)
                                      this rank's slice of the global batch; global_ids are the
-                                     whole global batch's ids (CowClip counts over all ranks)
+                                     whole global batch's ids (CowClip counts over all ranks);
+                                     batch.sparse: the ids as a KeyedJaggedTensor, made on first
+                                     use (TorchRec is imported only then)
 
 Every rank holds the split and draws the same permutation, so the global batch is known
 everywhere without communication; each rank keeps rows ``[r*B/W, (r+1)*B/W)`` of it. The
@@ -26,23 +28,25 @@ Example::
     data = SplitTensors.load("data/synthetic-demo", "train")
     loader = BatchLoader(data, batch_size=8192, shuffle=True, seed=0)
     for batch in loader.epoch(0):
-        logits = model(batch.dense, batch.sparse)
+        logits = model(batch.dense, batch.ids)     # either embedding backend
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torchrec import KeyedJaggedTensor
 
 from ctr.data.dataset import DatasetError, read_meta, resolve_split, split_files
+
+if TYPE_CHECKING:
+    from torchrec import KeyedJaggedTensor
 
 
 @dataclass
@@ -50,17 +54,26 @@ class Batch:
     """One rank's share of one global batch."""
 
     dense: torch.Tensor        # float32 [b, D]
-    sparse: KeyedJaggedTensor  # keys = sparse fields, one id per sample per key
+    ids: torch.Tensor          # int32 [b, F]: this rank's ids, one per sparse field
     labels: torch.Tensor       # float32 [b]
     global_ids: torch.Tensor   # int32 [B, F]: the whole global batch's ids (for CowClip counts)
     global_size: int           # B, rows in the global batch
+    keys: list[str] = field(default_factory=list)   # the sparse fields, in the ids' column order
+    _kjt: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def sparse(self) -> KeyedJaggedTensor:
+        """The ids as a KeyedJaggedTensor keyed by field (made once, on first use; imports TorchRec)."""
+        if self._kjt is None:
+            self._kjt = make_kjt(self.ids, self.keys)
+        return self._kjt
 
     def to(self, device: torch.device) -> "Batch":
         if device.type == "cpu":
             return self
-        return Batch(self.dense.to(device, non_blocking=True), self.sparse.to(device, non_blocking=True),
+        return Batch(self.dense.to(device, non_blocking=True), self.ids.to(device, non_blocking=True),
                      self.labels.to(device, non_blocking=True),
-                     self.global_ids.to(device, non_blocking=True), self.global_size)
+                     self.global_ids.to(device, non_blocking=True), self.global_size, self.keys)
 
 
 class BatchSource(Protocol):
@@ -140,10 +153,11 @@ class SplitTensors:
 
 
 def make_kjt(ids: torch.Tensor, keys: list[str]) -> KeyedJaggedTensor:
-    """[b, F] ids -> KJT with one id per sample per key (values key-major)."""
+    """[b, F] ids -> KJT with one id per sample per key (values key-major). Imports TorchRec."""
+    from torchrec import KeyedJaggedTensor
     b, f = ids.shape
     values = ids.t().reshape(-1).to(torch.int64)
-    lengths = torch.ones(b * f, dtype=torch.int32)
+    lengths = torch.ones(b * f, dtype=torch.int32, device=ids.device)
     return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
 
 
@@ -183,4 +197,4 @@ class BatchLoader:
             local_ids, dense, labels = ids[lo:hi], dense[lo:hi], labels[lo:hi]
         else:
             local_ids = ids
-        return Batch(dense, make_kjt(local_ids, self.data.sparse_fields), labels, ids, int(index.numel()))
+        return Batch(dense, local_ids, labels, ids, int(index.numel()), self.data.sparse_fields)

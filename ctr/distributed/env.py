@@ -100,8 +100,8 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 def launch_workers(nproc: int, module: str, argv: list[str],
                    run_dir: str | os.PathLike | None = None, pass_fds: tuple[int, ...] = ()) -> int:
-    """Runs ``python -m module argv`` in ``nproc`` local processes under torchrun; returns the
-    run's exit code.
+    """Runs ``python -m module argv`` in ``nproc`` local processes under torchrun (by way of
+    :mod:`ctr.distributed.run_worker`); returns the run's exit code.
 
     torchrun is started by :func:`ctr.procs.run_child`: it gets SIGTERM if this launcher dies,
     a Ctrl-C makes the launcher wait for the workers' checkpoint, and a SIGTERM is passed on.
@@ -114,8 +114,11 @@ def launch_workers(nproc: int, module: str, argv: list[str],
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"--nproc must be a whole number of processes >= 1, not {nproc!r}")
+    # through ctr.distributed.run_worker: torchrun would take a worker flag that abbreviates one
+    # of its own (--r: --rdzv-*, --role, ...) for its own
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", module, *argv]
+           f"--nproc_per_node={nproc}", "-m", "ctr.distributed.run_worker", module,
+           json.dumps([str(a) for a in argv])]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get(
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))))
     summary = Path(run_dir) / "summary.json" if run_dir is not None else None

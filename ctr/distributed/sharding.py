@@ -1,4 +1,4 @@
-"""Sharding plans for the embedding tables, and a uniform view of the shards a rank holds.
+"""The torchrec backend: sharding plans for the TorchRec tables, and the shards a rank holds.
 
 ::
 
@@ -14,14 +14,16 @@ replicate small tables, row-shard huge ones, place the rest whole on the least-l
 A field's first-order (linear) table follows its embedding table.
 
 Everything downstream (initialisation, L2, CowClip, Adam, checkpoints) works on
-:class:`FusedGroup` / :class:`TableShard`, which know each shard's global row range, so the
-same code serves every sharding type and world size.
+:class:`~ctr.distributed.shards.FusedGroup` / :class:`~ctr.distributed.shards.TableShard`
+(:mod:`ctr.distributed.shards`, torch only), which know each shard's global row range, so the
+same code serves every sharding type, world size and embedding backend. This module imports
+TorchRec: only the torchrec backend (:func:`ctr.train.build.build_model_parts`) loads it.
 
 Example::
 
     dmp = shard_model(model, env, "auto")
     groups = fused_groups(dmp)
-    init_embeddings_(groups, seed=0, std=1e-2)
+    init_embeddings_(groups, seed=0, std=1e-2)     # ctr.distributed.shards
 """
 
 from __future__ import annotations
@@ -29,10 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-import zlib
-from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -43,6 +42,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ctr.distributed.choices import SHARDINGS
 from ctr.distributed.env import DistEnv
+from ctr.distributed.shards import SPARSE_MODULES, FusedGroup, TableShard, is_table_param
 from ctr.models.config import field_of, kind_of
 
 DENSE_KERNEL = "dense"
@@ -50,7 +50,6 @@ DENSE_KERNEL = "dense"
 AUTO_REPLICATE_MAX_ROWS = 10_000
 # ... and tables at least this many rows are split by rows across all ranks.
 AUTO_ROW_WISE_MIN_ROWS = 1_000_000
-SPARSE_MODULES = ("sparse.embedding", "sparse.linear")
 
 
 def choose_sharding(table_rows: dict[str, int], world_size: int, choice: str) -> dict[str, tuple[str, int]]:
@@ -161,54 +160,6 @@ def shard_model(model: nn.Module, env: DistEnv, choice: str
     return dmp, per_field
 
 
-@dataclass
-class TableShard:
-    """The rows ``[row_offset, row_offset + rows)`` of one table, as held by this rank."""
-
-    table: str                  # "emb_C1" / "lin_C1"
-    field: str                  # "C1"
-    kind: str                   # "embedding" (CowClip applies) or "linear" (first order: never clipped)
-    num_embeddings: int         # the whole table's rows
-    dim: int
-    row_offset: int             # global row of this shard's first row
-    rows: int
-    fused_row: int              # where the shard starts in its group's [rows, dim] fused view
-    replicated: bool            # data_parallel: every rank holds the whole table
-
-
-@dataclass
-class FusedGroup:
-    """One TBE weight buffer of this rank: shards of equal dim laid end to end."""
-
-    weight: torch.Tensor                    # the flat fused parameter (optimizer steps this)
-    dim: int
-    shards: list[TableShard] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return self.weight.numel() // self.dim
-
-    def view(self, t: torch.Tensor | None = None) -> torch.Tensor:
-        """[rows, dim] view of the fused weight (or of a same-shaped tensor like its grad)."""
-        return (self.weight if t is None else t).view(-1, self.dim)
-
-    @property
-    def kind(self) -> str:
-        return self.shards[0].kind
-
-
-def is_table_param(name: str) -> bool:
-    """Whether a DMP parameter name is an embedding table's (``sparse.embedding.embedding_bags.
-    emb_C1.weight``). By name, not by type: a table placed on another rank still appears here,
-    as an empty plain ``Parameter``, and must not be taken for a dense weight."""
-    return any(f"{m}.embedding_bags." in name for m in SPARSE_MODULES)
-
-
-def dense_parameters(dmp: nn.Module) -> dict[str, nn.Parameter]:
-    """The dense (non-table) parameters by name: the same names under any sharding and world size."""
-    return {n: p for n, p in dmp.named_parameters() if not is_table_param(n)}
-
-
 def fused_groups(dmp: nn.Module) -> list[FusedGroup]:
     """This rank's embedding storage, grouped by fused buffer, each shard with its global rows."""
     sd = dmp.state_dict()
@@ -235,34 +186,5 @@ def fused_groups(dmp: nn.Module) -> list[FusedGroup]:
         if g.dim != dim:
             raise RuntimeError(f"fused group mixes dims {g.dim} and {dim}")
         g.shards.append(TableShard(table, field_of(table), kind, num_embeddings, dim, row_offset,
-                                   rows, p._start_offset // dim, replicated))
+                                   rows, getattr(p, "_start_offset") // dim, replicated))
     return list(groups.values())
-
-
-def _block_seed(seed: int, table: str, block: int) -> int:
-    return (seed * 1_000_003 + zlib.crc32(table.encode())) * 65_537 + block
-
-
-INIT_BLOCK_ROWS = 1 << 16
-
-
-@torch.no_grad()
-def init_embeddings_(groups: list[FusedGroup], seed: int, std: float) -> None:
-    """Embedding rows N(0, std), drawn in fixed blocks seeded by (seed, table, block): a row
-    gets the same value whatever the sharding or world size, so sharded runs equal unsharded
-    ones. First-order (linear) tables start at zero, as in the reference (DeepCTR's
-    ``get_linear_logit(init=Zeros())``)."""
-    for g in groups:
-        w = g.view()
-        for s in g.shards:
-            if s.kind == "linear":
-                w[s.fused_row: s.fused_row + s.rows].zero_()
-                continue
-            lo, hi = s.row_offset, s.row_offset + s.rows
-            for b in range(lo // INIT_BLOCK_ROWS, (hi - 1) // INIT_BLOCK_ROWS + 1 if hi > lo else 0):
-                gen = torch.Generator().manual_seed(_block_seed(seed, s.table, b))
-                block = torch.randn(INIT_BLOCK_ROWS, s.dim, generator=gen) * std
-                b_lo, b_hi = b * INIT_BLOCK_ROWS, (b + 1) * INIT_BLOCK_ROWS
-                r_lo, r_hi = max(lo, b_lo), min(hi, b_hi)
-                dst = w[s.fused_row + r_lo - lo: s.fused_row + r_hi - lo]
-                dst.copy_(block[r_lo - b_lo: r_hi - b_lo].to(dst.device, dst.dtype))

@@ -5,10 +5,12 @@
     build_model(name, dense_fields, sparse_fields, vocab_sizes, ModelConfig)
         │
         ├─ SparseArch   model.sparse.embedding  EBC, emb_<field> [vocab, D]   ┐ sharded by DMP,
-        │               model.sparse.linear     EBC, lin_<field> [vocab, 1]   ┘ sparse_parameters()
+        │  (torchrec)   model.sparse.linear     EBC, lin_<field> [vocab, 1]   ┘ sparse_parameters()
+        │  or FusedSparseArch (torch): sparse.embedding.weight [Σ vocab, D], sparse.linear.weight
+        │                              [Σ vocab, 1], plain PyTorch (ctr.models.fused_sparse)
         └─ MODELS[name] DNN / FM / cross net, dense_linear, bias                dense_parameters()
 
-    model(dense [B, n_dense] float32, sparse KJT) ─▶ logits [B]   (no sigmoid)
+    model(dense [B, n_dense] float32, ids [B, F] or a KJT) ─▶ logits [B]   (no sigmoid)
 
 Every model adds DeepCTR's linear logit (first-order rows of each id + a kernel over the
 dense features) and a global bias to its interaction logit(s). Dense features enter the
@@ -32,13 +34,13 @@ from typing import Any
 from ctr.models.config import MODEL_NAMES, MODEL_SETTINGS, ModelConfig
 from ctr.models.regularization import CROSS_L2, reference_l2
 
-__all__ = ["CROSS_L2", "CTRModel", "DCN", "DCNv2", "DeepFM", "MODELS", "MODEL_NAMES", "MODEL_SETTINGS",
+__all__ = ["CROSS_L2", "CTRModel", "DCN", "DCNv2", "DeepFM", "FusedSparseArch", "MODELS", "MODEL_NAMES", "MODEL_SETTINGS",
            "ModelConfig", "SparseArch", "WideDeep", "build_model", "reference_l2"]
 
-# The model classes import torch and TorchRec; they load on first use, so the names and
-# settings above (what the command line needs) come without them.
+# The model classes import torch (SparseArch also TorchRec); they load on first use, so the
+# names and settings above (what the command line needs) come without them.
 _LAZY = {"MODELS": "ctr.models.build", "build_model": "ctr.models.build", "CTRModel": "ctr.models.layers",
-         "SparseArch": "ctr.models.sparse", "DeepFM": "ctr.models.deepfm", "DCN": "ctr.models.dcn",
+         "SparseArch": "ctr.models.sparse", "FusedSparseArch": "ctr.models.fused_sparse", "DeepFM": "ctr.models.deepfm", "DCN": "ctr.models.dcn",
          "DCNv2": "ctr.models.dcnv2", "WideDeep": "ctr.models.wide_deep"}
 
 

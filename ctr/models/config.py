@@ -32,6 +32,7 @@ class ModelConfig:
     dcnv2_experts: int = 4
     init_std: float = 1e-2              # embedding init N(0, std)
     dropout: float = 0.0
+    dnn_init: str = "glorot_normal"     # dense nn.Linear layers: DeepCTR's glorot_normal | torch (nn.Linear's)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":

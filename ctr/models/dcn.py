@@ -25,15 +25,18 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
-from torchrec import KeyedJaggedTensor
 
 from ctr.models.layers import MLP, CTRModel, VectorCrossNet, logit_layer
 from ctr.models.config import ModelConfig
-from ctr.models.sparse import SparseArch
+
+if TYPE_CHECKING:
+    from torchrec import KeyedJaggedTensor
+
+    from ctr.models.sparse import SparseArch
 
 
 class CrossDeepModel(CTRModel):
@@ -55,7 +58,7 @@ class CrossDeepModel(CTRModel):
     def make_cross(self, in_features: int, num_layers: int) -> nn.Module:
         raise NotImplementedError
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor | KeyedJaggedTensor) -> torch.Tensor:
         emb, lin = self.sparse(sparse)
         x0 = self.deep_input(emb, dense)
         towers = []

@@ -28,14 +28,16 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from torch import nn
 
 from ctr.models.dcn import CrossDeepModel
 from ctr.models.layers import MatrixCrossNet, MixtureCrossNet
 from ctr.models.config import ModelConfig
-from ctr.models.sparse import SparseArch
+
+if TYPE_CHECKING:
+    from ctr.models.sparse import SparseArch
 
 
 class DCNv2(CrossDeepModel):

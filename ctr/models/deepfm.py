@@ -20,14 +20,17 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
-from torchrec import KeyedJaggedTensor
 
 from ctr.models.layers import FM, MLP, CTRModel, logit_layer
 from ctr.models.config import ModelConfig
-from ctr.models.sparse import SparseArch
+
+if TYPE_CHECKING:
+    from torchrec import KeyedJaggedTensor
+
+    from ctr.models.sparse import SparseArch
 
 
 class DeepFM(CTRModel):
@@ -51,7 +54,7 @@ class DeepFM(CTRModel):
     def from_config(cls, sparse: SparseArch, num_dense: int, config: ModelConfig) -> "DeepFM":
         return cls(sparse, num_dense, mlp=config.mlp, dropout=config.dropout)
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor | KeyedJaggedTensor) -> torch.Tensor:
         emb, lin = self.sparse(sparse)
         deep = self.dnn_logit(self.dnn(self.deep_input(emb, dense))).squeeze(1)
         return self.linear_logit(dense, lin) + self.fm(emb) + deep

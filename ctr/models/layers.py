@@ -12,8 +12,9 @@
     MixtureCrossNet       x_{l+1} = sum_k softmax(g(x_l))_k x0 ⊙ (U_k tanh(C_k tanh(V_k^T x_l)) + b_l)
                                     + x_l                                         (DCNv2 / DCNMix)
 
-The cross networks are TorchRec's own modules (``torchrec.modules.crossnet``), whose
-forward passes are exactly DeepCTR's ``CrossNet`` ('vector' / 'matrix') and
+The cross networks are TorchRec's modules (``torchrec.modules.crossnet``) as plain-PyTorch
+copies in :mod:`ctr.models.crossnet` (same parameters, math and RNG draws, so no TorchRec is
+needed), whose forward passes are exactly DeepCTR's ``CrossNet`` ('vector' / 'matrix') and
 ``CrossNetMix``; only their initialisation is replaced (TorchRec uses untruncated
 ``xavier_normal_``) so that results are comparable with the TensorFlow reference.
 
@@ -34,17 +35,21 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
-from torchrec import KeyedJaggedTensor
-from torchrec.modules.crossnet import CrossNet as _TorchRecMatrixCrossNet
-from torchrec.modules.crossnet import LowRankMixtureCrossNet as _TorchRecMixtureCrossNet
-from torchrec.modules.crossnet import VectorCrossNet as _TorchRecVectorCrossNet
 
 from ctr.models.config import ModelConfig
-from ctr.models.sparse import SparseArch
+# Plain-PyTorch copies of torchrec.modules.crossnet (same names, math and init): no TorchRec here.
+from ctr.models.crossnet import CrossNet as _TorchRecMatrixCrossNet
+from ctr.models.crossnet import LowRankMixtureCrossNet as _TorchRecMixtureCrossNet
+from ctr.models.crossnet import VectorCrossNet as _TorchRecVectorCrossNet
+
+if TYPE_CHECKING:
+    from torchrec import KeyedJaggedTensor
+
+    from ctr.models.sparse import SparseArch
 
 # Standard deviation of a unit normal truncated to [-2, 2]; Keras divides by it.
 _TRUNCATED_STD = 0.87962566103423978
@@ -62,6 +67,44 @@ def logit_layer(in_features: int) -> nn.Linear:
     layer = nn.Linear(in_features, 1, bias=False)
     glorot_normal_(layer.weight, in_features, 1)
     return layer
+
+
+# ModelConfig.dnn_init: how the dense nn.Linear layers start (ctr.train.settings lists the same two).
+DNN_INITS = ("glorot_normal", "torch")
+
+
+@torch.no_grad()
+def apply_dnn_init_(model: nn.Module, init: str) -> nn.Module:
+    """Applies ``ModelConfig.dnn_init`` to a built model, in place; the one place it is applied.
+
+    ``glorot_normal`` (the default, DeepCTR's and so the reference's) leaves the model as its
+    layers built it: kernels glorot-normal, biases zero. ``torch`` gives every ``nn.Linear``
+    outside the tables and the cross networks (the DNN's hidden layers, the output layer on top
+    of it, the dense features' first-order kernel ``dense_linear``) PyTorch's own default,
+    ``nn.Linear.reset_parameters``: kernel ``U(±1/√fan_in)`` (kaiming-uniform with a = √5), bias
+    ``U(±1/√fan_in)``; the draws come from the global RNG, in module order, after the model's
+    own. Cross kernels, mixture gates and the global bias keep DeepCTR's initialisation.
+
+    Example::
+
+        model = apply_dnn_init_(DeepFM(arch, num_dense=13), "torch")
+    """
+    if init not in DNN_INITS:
+        raise ValueError(f"dnn_init must be one of {DNN_INITS}, not {init!r}")
+    if init == "glorot_normal":
+        return model
+    skip = (_TorchRecVectorCrossNet, _TorchRecMatrixCrossNet, _TorchRecMixtureCrossNet)
+
+    def visit(m: nn.Module, name: str) -> None:
+        if name == "sparse" or isinstance(m, skip):
+            return
+        if isinstance(m, nn.Linear):
+            m.reset_parameters()
+        for child_name, child in m.named_children():
+            visit(child, child_name)
+
+    visit(model, "")
+    return model
 
 
 class MLP(nn.Module):
@@ -297,5 +340,5 @@ class CTRModel(nn.Module):
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor | KeyedJaggedTensor) -> torch.Tensor:
         raise NotImplementedError

@@ -2,15 +2,16 @@
 
 ::
 
-    KeyedJaggedTensor (keys = fields, one id per sample per key)
+    ids [B, F] ──▶ KeyedJaggedTensor (keys = fields, one id per sample per key)
             │
             ├──▶ embedding: EBC, table emb_<field> [vocab, D] ──▶ emb [B, F, D]
             │                                                     (FM / DNN / cross input)
             └──▶ linear:    EBC, table lin_<field> [vocab, 1] ──▶ sum over fields ──▶ lin [B]
                                                                   (first-order logit)
 
-Both lookups are TorchRec :class:`EmbeddingBagCollection` s so that
-``DistributedModelParallel`` can shard them (the trainer wraps the whole model; nothing
+This is the torchrec embedding backend (the torch backend's plain-PyTorch equivalent is
+:class:`ctr.models.fused_sparse.FusedSparseArch`, same inputs and outputs). Both lookups are
+TorchRec :class:`EmbeddingBagCollection` s so that ``DistributedModelParallel`` can shard them (the trainer wraps the whole model; nothing
 here knows about sharding). The naming contract matters to the sharding code: tables are
 ``emb_<field>`` / ``lin_<field>`` with ``feature_names=[field]``, so a field's first-order
 table can follow its embedding table.
@@ -99,13 +100,24 @@ class SparseArch(nn.Module):
     def num_fields(self) -> int:
         return len(self.fields)
 
-    def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``features`` -> (``emb`` [B, F, D], ``lin`` [B] or ``None``).
+    def _kjt(self, ids: torch.Tensor) -> KeyedJaggedTensor:
+        """ids [B, F] -> a KJT keyed by the fields, one id per sample per key (values key-major)."""
+        b, f = ids.shape
+        if f != self.num_fields:
+            raise ValueError(f"expected ids [B, {self.num_fields}], got {tuple(ids.shape)}")
+        return KeyedJaggedTensor(keys=self.fields, values=ids.t().reshape(-1).to(torch.int64),
+                                 lengths=torch.ones(b * f, dtype=torch.int32, device=ids.device))
+
+    def forward(self, features: KeyedJaggedTensor | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``features`` (a KJT, or ids [B, F] made into one here) -> (``emb`` [B, F, D], ``lin``
+        [B] or ``None``).
 
         An unsharded EBC pools in table order (= field order); a sharded one (table-wise over
         several ranks) returns its keys in shard order, so the fields are put back in order
         by key (a no-op view when the order already matches).
         """
+        if isinstance(features, torch.Tensor):
+            features = self._kjt(features)
         pooled = self.embedding(features)
         emb = pooled.values().view(-1, self.num_fields, self.embedding_dim)
         keys = pooled.keys()

@@ -35,50 +35,37 @@ The reference's L2 is Keras ``l2(lambda)`` on the Embedding layer, ``lambda * su
 the whole table, added to the loss before ``tape.gradient``; every row therefore has a dense
 gradient each step and the clip runs on the full ``[R, d]`` gradient, including the L2 term,
 with cnt = 1 for rows the batch does not contain. First-order ("linear") embedding tables are
-not clipped (``if 'linear' in w.name: skip``); that choice belongs to the caller.
+not clipped (``if 'linear' in w.name: skip``); that choice belongs to the caller (the
+optimizer skips fused groups of kind ``"linear"``).
 
-A sparse fast path (:func:`cowclip_sparse_`) clips only the rows present in the batch. It is
-exact whenever the gradient of every absent row is zero or the pure L2 term ``2*lambda*w``
-with ``2*lambda <= r`` (then ``||g|| = 2*lambda*||w|| <= r*||w|| <= thr`` and the full-table
-clip leaves those rows untouched) -- true of every published configuration (lambda <= 1.28e-3).
+Where it runs
+-------------
+:class:`ctr.optim.optimizer.CTROptimizer` calls :func:`cowclip_` once per fused embedding
+buffer (all shards of one TBE, laid end to end), with the counts of the whole global batch,
+on the total gradient ``g + 2*lambda*w``. It clips only the rows present in the batch, which
+is exact whenever ``2*lambda <= r``: an absent row's gradient is the pure L2 term
+``2*lambda*w``, so ``||g|| = 2*lambda*||w|| <= r*||w|| <= thr`` and the full-table clip leaves
+it untouched -- true of every published configuration (lambda <= 1.28e-3). Otherwise it clips
+the whole buffer, absent rows with cnt = 1.
+
+Example (one table, or a row-wise shard holding rows ``[off, off + R)`` of it)::
+
+    local = ids - off                                   # one field's ids, global batch
+    local = local[(local >= 0) & (local < R)]           # other shards' ids are not counted
+    counts = torch.bincount(local, minlength=R)         # 0 for absent rows (taken as 1)
+    scale = cowclip_(grad, weight, counts, r=1.0, zeta=1e-5, lower_bound="reference")
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ctr.optim.options import LOWER_BOUNDS
 
-__all__ = [
-    "LOWER_BOUNDS",
-    "CowClipConfig",
-    "count_ids",
-    "cowclip_threshold",
-    "cowclip_",
-    "cowclip_sparse_",
-]
-
-@dataclass
-class CowClipConfig:
-    """CowClip settings: ``r`` (ratio), ``zeta`` (lower bound), which lower-bound formula."""
-
-    enabled: bool = False
-    r: float = 1.0
-    zeta: float = 1e-5
-    lower_bound: str = "paper"
-
-    def __post_init__(self) -> None:
-        self.r = float(self.r)
-        self.zeta = float(self.zeta)
-        _check_params(self.r, self.zeta, self.lower_bound)
-
-    def kwargs(self) -> dict:
-        """``cowclip_(grad, weight, counts, **cfg.kwargs())``."""
-        return {"r": self.r, "zeta": self.zeta, "lower_bound": self.lower_bound}
+__all__ = ["LOWER_BOUNDS", "cowclip_"]
 
 
 def _check_params(r: float, zeta: float, lower_bound: str) -> None:
@@ -88,30 +75,6 @@ def _check_params(r: float, zeta: float, lower_bound: str) -> None:
         raise ValueError(f"CowClip r must be a positive finite number, got {r!r}")
     if not (math.isfinite(zeta) and zeta >= 0):
         raise ValueError(f"CowClip zeta must be a non-negative finite number, got {zeta!r}")
-
-
-def count_ids(ids: Tensor, num_rows: int, row_offset: int = 0) -> Tensor:
-    """Occurrences of each row id of one table in a batch: ``int64 Tensor[num_rows]``.
-
-    ``ids`` holds one field's ids for every sample of the (global) batch (any shape; every
-    element counts once, so with one id per sample per field the count is the number of
-    samples containing the id). Only ids in ``[row_offset, row_offset + num_rows)`` are
-    counted -- a row-wise shard holding that range -- and ``out[k]`` is the count of id
-    ``row_offset + k``; ids outside are ignored. Absent rows get 0 (``cowclip_`` treats 0 as 1).
-
-    One ``index_add_`` into a spill-bin vector: no host sync, works on CPU and CUDA.
-    """
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
-    num_rows = int(num_rows)
-    if num_rows < 0:
-        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
-    local = ids.reshape(-1).long() - int(row_offset)
-    inside = (local >= 0) & (local < num_rows)
-    pos = torch.where(inside, local, torch.full_like(local, num_rows))   # outside -> spill bin
-    counts = torch.zeros(num_rows + 1, dtype=torch.int64, device=ids.device)
-    counts.index_add_(0, pos, torch.ones_like(pos))
-    return counts[:num_rows]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -144,7 +107,7 @@ def _row_norms_(x: Tensor, ones: Tensor | None, sq: Tensor | None, out: Tensor) 
     """out <- ||x_i|| per row. On CPU (``sq``: scratch of x's shape in the compute dtype) the
     rows are squared into the scratch and summed by one gemv: a reduction over a short inner
     dimension (d = 10) is several times slower there. Elsewhere: ``vector_norm``, no scratch."""
-    if sq is None:
+    if sq is None or ones is None:
         return torch.linalg.vector_norm(x, dim=1, dtype=out.dtype, out=out)
     torch.mul(x, x, out=sq)
     torch.mv(sq, ones, out=out)
@@ -180,21 +143,6 @@ def _check_shapes(grad: Tensor | None, weight: Tensor, counts: Tensor) -> None:
 
 
 @torch.no_grad()
-def cowclip_threshold(weight: Tensor, counts: Tensor, r: float = 1.0, zeta: float = 1e-5,
-                      lower_bound: str = "paper", dtype: torch.dtype | None = None) -> Tensor:
-    """The per-row clipping threshold ``Tensor[R]`` (see the module docstring).
-
-    ``counts`` of 0 are treated as 1 (rows absent from the batch, the reference regime).
-    """
-    r, zeta = float(r), float(zeta)
-    _check_params(r, zeta, lower_bound)
-    _check_shapes(None, weight, counts)
-    dtype = dtype or _compute_dtype(weight.dtype)
-    wnorm = torch.linalg.vector_norm(weight, dim=1, dtype=dtype)
-    return _threshold_(wnorm, counts, r, zeta, lower_bound, weight.shape[1])
-
-
-@torch.no_grad()
 def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta: float = 1e-5,
              lower_bound: str = "paper", block_rows: int | None = None) -> Tensor:
     """CowClip one table's gradient in place; returns the per-row scale applied, ``Tensor[R]``.
@@ -202,7 +150,7 @@ def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta:
     ``grad``, ``weight``: ``[R, d]`` (the whole table, or a row-wise shard of it, or any
     aligned rows; ``grad`` may be a strided view, it is modified in place). ``counts``:
     ``[R]``, int or float, the number of samples of the global batch containing each row's
-    id (:func:`count_ids`); 0 counts as 1. Per row::
+    id (only the ids of the rows given: a shard counts its own rows); 0 counts as 1. Per row::
 
         thr   = cnt * max(r * ||w||, zeta)                  lower_bound="paper"
               = r * cnt * max(||w||, r * sqrt(d) * zeta)    lower_bound="reference"
@@ -252,7 +200,7 @@ def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta:
         if w.dtype != dtype and cpu:
             w = w.to(dtype)
         thr = scale[lo:hi]                # the threshold is built in the output's storage
-        scratch = sq[:n] if cpu else None
+        scratch = sq[:n] if sq is not None else None
         _row_norms_(w, ones, scratch, thr)
         _threshold_(thr, counts[lo:hi], r, zeta, lower_bound, d)
         gnorm = _row_norms_(g if g.dtype == dtype or not cpu else g.to(dtype), ones, scratch,
@@ -262,34 +210,8 @@ def cowclip_(grad: Tensor, weight: Tensor, counts: Tensor, r: float = 1.0, zeta:
         thr.div_(torch.maximum(gnorm, thr, out=den_buf[:n]))
         if maybe_zero_threshold:
             thr.masked_fill_(gnorm == 0, 1.0)
-        if cpu:                           # a contiguous multiply beats a broadcast over d on CPU
+        if scratch is not None:           # a contiguous multiply beats a broadcast over d on CPU
             g.mul_(scratch.copy_(thr.unsqueeze(1).expand(n, d)))
         else:
             g.mul_(thr.unsqueeze(1))
     return scale
-
-
-@torch.no_grad()
-def cowclip_sparse_(grad: Tensor, weight: Tensor, ids: Tensor, r: float = 1.0,
-                    zeta: float = 1e-5, lower_bound: str = "paper",
-                    row_offset: int = 0) -> tuple[Tensor, Tensor]:
-    """CowClip only the rows present in the batch; returns ``(rows, scale)`` (local rows).
-
-    ``ids``: one field's ids for the global batch; ids outside ``[row_offset, row_offset + R)``
-    are ignored (row-wise shard). Rows absent from the batch are left untouched: identical to
-    :func:`cowclip_` when their gradient is zero or only the L2 term ``2*lambda*w`` with
-    ``2*lambda <= r`` (see the module docstring). Work is O(batch) instead of O(R), but
-    ``torch.unique`` makes one host synchronisation on CUDA.
-    """
-    if grad.dim() != 2 or weight.shape != grad.shape:
-        raise ValueError(f"grad and weight must be 2-D of one shape, got {tuple(grad.shape)} "
-                         f"and {tuple(weight.shape)}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
-    local = ids.reshape(-1).long() - int(row_offset)
-    local = local[(local >= 0) & (local < grad.shape[0])]
-    rows, counts = torch.unique(local, return_counts=True)
-    g = grad.index_select(0, rows)
-    scale = cowclip_(g, weight.index_select(0, rows), counts, r, zeta, lower_bound)
-    grad.index_copy_(0, rows, g)
-    return rows, scale

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ctr.distributed.sharding import FusedGroup
+from ctr.distributed.shards import FusedGroup
 from ctr.models import reference_l2
 from ctr.optim.cowclip import cowclip_
 from ctr.optim.options import ADAM_BETAS, WARMUP_START_LR, OptimizerOptions

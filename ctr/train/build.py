@@ -2,20 +2,31 @@
 
 ::
 
-    build_model_parts(model, ModelConfig, meta, env, sharding, seed)
-        build_model (tables on "meta")  ──▶ shard_model (DMP plan, dense kernel)
-        ──▶ fused_groups (each local shard with its global rows) ──▶ init_embeddings_ (seeded)
+    build_model_parts(model, ModelConfig, meta, env, sharding, seed, embedding_backend)
+      torchrec: build_model (EBC tables on "meta") ──▶ shard_model (DMP plan, dense kernel)
+                ──▶ fused_groups (each local shard with its global rows) ──▶ init_embeddings_
+      torch:    build_model (fused tables on "meta") ──▶ to_empty(device) ──▶ FusedSparseArch.
+                fused_groups (one replicated shard per field) ──▶ init_embeddings_; gradients
+                averaged over ranks by ModelParts.sync_gradients (world > 1)
     build_optimizer(cfg, hparams, parts, steps_per_epoch, train_rows)  ──▶ CTROptimizer
 
 ``ctr-train`` (:class:`~ctr.train.trainer.Trainer`), ``ctr-eval`` and the benchmarks in
 ``tools/`` all build through here, so a change in how a model is built, sharded or optimised
-(another embedding backend, another base optimizer) is made once.
+(another embedding backend, another base optimizer) is made once. Only the torchrec branch
+imports TorchRec (:mod:`ctr.distributed.sharding`, :mod:`ctr.models.sparse`).
+
+Both backends give the same module interface (``module(dense, ids [B, F]) -> logits``), the
+same dense parameter names and :class:`~ctr.distributed.shards.FusedGroup` s keyed by
+global table rows, and the same initial values for the same seed; so the optimizer,
+checkpoints and metrics do not know which one runs, and a checkpoint of one loads into the
+other.
 
 Example::
 
     parts = build_model_parts("deepfm", cfg.model_settings(), meta, env, "auto", seed=0)
     opt = build_optimizer(cfg, cfg.resolved_hparams(), parts, steps_per_epoch=100, train_rows=102_400)
-    logits = parts.module(batch.dense, batch.sparse)
+    logits = parts.module(batch.dense, batch.ids)
+    loss.backward(); parts.sync_gradients(); opt.step(batch.global_ids)
 """
 
 from __future__ import annotations
@@ -24,46 +35,96 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from ctr.distributed.choices import check_backend_sharding, resolve_embedding_backend
 from ctr.distributed.env import DistEnv
-from ctr.distributed.sharding import (FusedGroup, dense_parameters, describe_plan, fused_groups,
-                                      init_embeddings_, shard_model)
+from ctr.distributed.shards import FusedGroup, dense_parameters, init_embeddings_
 from ctr.models import ModelConfig, build_model
 from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.scaling import Hyperparams
 from ctr.train.config import TrainConfig
+
+BACKEND_NOTES = {"torchrec": "TorchRec EBCs, DistributedModelParallel (dense kernel)",
+                 "torch": "plain PyTorch, one fused table per kind, replicated on every rank"}
 
 
 @dataclass
 class ModelParts:
     """A built model: the module to call, this rank's table storage, and the sharding plan."""
 
-    module: nn.Module                       # forward(dense, sparse) -> logits
+    module: nn.Module                       # forward(dense, ids [B, F] or KJT) -> logits
     groups: list[FusedGroup]                # this rank's embedding storage (optimizer, checkpoints)
     plan: dict[str, tuple[str, int]]        # field -> (sharding type, rank)
     vocab_sizes: dict[str, int]
+    backend: str = "torchrec"               # the concrete embedding backend
+    world_size: int = 1                     # ranks whose gradients sync_gradients averages (torch)
 
     def dense_parameters(self) -> dict[str, nn.Parameter]:
         return dense_parameters(self.module)
 
     def describe_plan(self, world_size: int) -> str:
-        return describe_plan(self.plan, self.vocab_sizes, world_size)
+        if self.backend == "torchrec":
+            from ctr.distributed.sharding import describe_plan
+            return f"embedding backend torchrec ({BACKEND_NOTES['torchrec']})\n" + \
+                describe_plan(self.plan, self.vocab_sizes, world_size)
+        rows = sum(self.vocab_sizes.values())
+        return (f"embedding backend torch ({BACKEND_NOTES['torch']}): {len(self.vocab_sizes)} fields, "
+                f"{rows:,} table rows, replicated on {world_size} rank(s)")
+
+    @torch.no_grad()
+    def sync_gradients(self) -> None:
+        """After ``backward``: averages every gradient over the ranks, as DDP does (the torch
+        backend at world > 1; DMP does it itself for the torchrec backend). The loss is scaled
+        so that the average is the global batch's mean-loss gradient (``Trainer.train_step``)."""
+        if self.backend != "torch" or self.world_size <= 1:
+            return
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        grads: dict[int, torch.Tensor] = {}
+        for p in params:
+            if p.grad is None:   # a parameter this batch did not reach: zero, like on the others
+                p.grad = torch.zeros_like(p)
+            grads[id(p)] = p.grad
+        tables = {id(g.weight) for g in self.groups}
+        small = [grads[id(p)] for p in params if id(p) not in tables]
+        for t in (grads[id(g.weight)] for g in self.groups):   # each table's: all-reduced in place
+            dist.all_reduce(t)
+            t.div_(self.world_size)
+        if small:                          # the dense ones: one all-reduce of a flat copy
+            flat = torch.cat([t.reshape(-1) for t in small])
+            dist.all_reduce(flat)
+            flat.div_(self.world_size)
+            offset = 0
+            for t in small:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
 
 
 def build_model_parts(model: str, settings: ModelConfig, meta: dict[str, Any], env: DistEnv,
-                      sharding: str = "auto", seed: int | None = None) -> ModelParts:
+                      sharding: str = "auto", seed: int | None = None,
+                      embedding_backend: str = "auto") -> ModelParts:
     """Model ``model`` for dataset ``meta``, sharded over ``env``. With ``seed``, dense layers
     and table rows get the seeded initialisation of a training run (tables by fixed row blocks,
-    so any sharding starts from the same values); without, they are left to be restored."""
+    so any sharding and either backend starts from the same values); without, they are left
+    to be restored. ``embedding_backend``: ``torchrec``, ``torch`` or ``auto`` (torchrec where
+    it imports); ``ValueError`` for a sharding the backend cannot do."""
+    backend = resolve_embedding_backend(embedding_backend)
+    check_backend_sharding(backend, sharding)
     torch.manual_seed(0 if seed is None else seed)
     net = build_model(model, meta["dense_fields"], meta["sparse_fields"], meta["vocab_sizes"], settings,
-                      device=env.device, sparse_device="meta")
-    dmp, plan = shard_model(net, env, sharding)
-    groups = fused_groups(dmp)
+                      device=env.device, sparse_device="meta", embedding_backend=backend)
+    if backend == "torchrec":
+        from ctr.distributed.sharding import fused_groups, shard_model   # imports TorchRec
+        module, plan = shard_model(net, env, sharding)
+        groups = fused_groups(module)
+    else:
+        net.sparse.to_empty(device=env.device)   # allocated, not filled: nothing drawn from the RNG
+        module, groups = net, net.sparse.fused_groups()
+        plan = {f: ("data_parallel", 0) for f in meta["sparse_fields"]}
     if seed is not None:
         init_embeddings_(groups, seed, settings.init_std)
-    return ModelParts(dmp, groups, plan, dict(meta["vocab_sizes"]))
+    return ModelParts(module, groups, plan, dict(meta["vocab_sizes"]), backend, env.world_size)
 
 
 def build_optimizer(cfg: TrainConfig, hp: Hyperparams, parts: ModelParts, steps_per_epoch: int,

@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 from ctr.distributed.env import DistEnv
-from ctr.distributed.sharding import FusedGroup, dense_parameters
+from ctr.distributed.shards import FusedGroup, dense_parameters
 from ctr.faults import fault_point
 from ctr.fsutil import clean_stale_temps, fsync_dir, temp_path, write_json_atomic
 from ctr.optim.optimizer import CTROptimizer

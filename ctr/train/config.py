@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ctr.distributed.choices import EMBEDDING_BACKENDS, check_backend_sharding
 from ctr.optim.options import OptimizerOptions
 from ctr.models.config import MODEL_SETTINGS, ModelConfig
 from ctr.optim.scaling import Hyperparams, parse_batch, scale_hyperparams
@@ -63,6 +64,9 @@ class TrainConfig:
     dense_l2: str = OptimizerOptions.dense_l2
     warmup_form: str = OptimizerOptions.warmup_form
     sharding: str = "auto"
+    # auto | torchrec | torch; a run resolves auto at start and records the concrete one. Not a
+    # resume key: a checkpoint of one backend resumes and evaluates on the other.
+    embedding_backend: str = "auto"
     device: str = "auto"
     drop_last: bool = False
     eval_batch: int = 65536
@@ -97,6 +101,10 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, not {value!r}")
         try:
+            if self.embedding_backend not in EMBEDDING_BACKENDS:
+                raise ValueError(f"embedding_backend must be one of {EMBEDDING_BACKENDS}, "
+                                 f"not {self.embedding_backend!r}")
+            check_backend_sharding(self.embedding_backend, self.sharding)
             self.adam_epsilon = self.optimizer_options().adam_epsilon   # checks every option
             self.model_settings()
             self.resolved_hparams()

@@ -23,7 +23,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ctr.distributed.choices import DEVICES, SHARDINGS
+from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS, SHARDINGS
 from ctr.models.config import MODEL_NAMES
 from ctr.optim.options import ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, WARMUP_FORMS
 from ctr.optim.scaling import RULES, parse_batch
@@ -90,6 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("seed", "run", "seed of the initialisation and the batch order", int, group="main"),
     Setting("device", "run", "auto: cuda when a GPU is visible, else cpu", str, DEVICES, group="main"),
     Setting("sharding", "run", "how the tables are placed over the ranks", str, SHARDINGS, group="main"),
+    Setting("embedding_backend", "run", "torchrec: TorchRec tables, any sharding; torch: plain PyTorch, "
+            "replicated (no TorchRec/FBGEMM needed); auto: torchrec where it imports, else torch",
+            str, EMBEDDING_BACKENDS, group="main"),
     Setting("base_batch", "run", "the batch the base values were tuned at", batch_size, group=_HP),
     Setting("dense_lr", "hparams", "Adam learning rate of the dense weights", non_negative_float, group=_HP),
     Setting("embedding_lr", "hparams", "Adam learning rate of the tables", non_negative_float, group=_HP),
@@ -114,6 +117,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mlp", "model", "DNN hidden sizes, e.g. 400,400,400", layer_sizes, group=_MODEL),
     Setting("init_std", "model", "embedding init N(0, std)", non_negative_float, group=_MODEL),
     Setting("dropout", "model", "DNN dropout", non_negative_float, group=_MODEL),
+    Setting("dnn_init", "model", "init of the dense nn.Linear layers (DNN, output, dense linear kernel): "
+            "glorot_normal (DeepCTR's, the reference's) or torch (nn.Linear's default)", str,
+            ("glorot_normal", "torch"), group=_MODEL),
     Setting("cross_layers", "model", "DCN / DCNv2 cross layers", positive_int, group=_MODEL),
     Setting("dcnv2_low_rank", "model", "DCNv2: low-rank mixture of experts of this rank (DCN-Mix)",
             positive_int, group=_MODEL),

@@ -10,9 +10,11 @@
                                       | interrupted)
 
 The loss on each rank is ``sum of its BCE terms * world / global batch``: TorchRec averages
-embedding gradients over ranks like DDP does for dense ones, so every gradient is that of
-the mean loss over the global batch, whatever the world size or the split of a last
-partial batch.
+embedding gradients over ranks like DDP does for dense ones (the torch embedding backend:
+:meth:`~ctr.train.build.ModelParts.sync_gradients` averages both), so every gradient is that
+of the mean loss over the global batch, whatever the world size or the split of a last
+partial batch. ``--embedding-backend auto`` is resolved here, at start, to the concrete
+backend that runs (logged, and recorded in ``config.json``).
 
 Example::
 
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from ctr.data.dataset import DatasetError, read_meta, resolve_split
 from ctr.data.loader import BatchLoader, BatchSource, SplitTensors
+from ctr.distributed.choices import check_backend_sharding, resolve_embedding_backend
 from ctr.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from ctr.optim.scaling import describe, format_batch
 from ctr.faults import fault_point
@@ -41,7 +44,7 @@ from ctr.fsutil import write_bytes_atomic, write_json_atomic
 from ctr.progress import progress_bar
 from ctr.train import checkpoint as ckpt
 from ctr.train.build import build_model_parts, build_optimizer
-from ctr.train.config import TrainConfig
+from ctr.train.config import ConfigError, TrainConfig
 from ctr.train.divergence import Diverged, LossGuard
 from ctr.train.metrics import click_metrics, peak_memory_mb
 from ctr.train.rundir import hold_run_lock, read_summary, release_run_lock
@@ -65,7 +68,7 @@ def predict(model: torch.nn.Module, data: SplitTensors, batch_size: int, env: Di
     probs, labels = [], []
     for b in loader.epoch(0):
         b = b.to(env.device)
-        probs.append(torch.sigmoid(model(b.dense, b.sparse)).float().cpu())
+        probs.append(torch.sigmoid(model(b.dense, b.ids)).float().cpu())
         labels.append(b.labels.cpu())
     model.train(was_training)
     p = torch.cat(probs) if probs else torch.empty(0)
@@ -106,6 +109,11 @@ class Trainer:
         if not cfg.data:
             raise DatasetError("no dataset given (TrainConfig.data is empty)")
         data: str = cfg.data
+        try:  # before anything is read or written: the concrete backend, or a clear refusal
+            cfg.embedding_backend = resolve_embedding_backend(cfg.embedding_backend)
+            check_backend_sharding(cfg.embedding_backend, cfg.sharding)
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(str(e)) from e
         self.env = env = init_distributed(cfg.device)
         if self.run_dir and env.is_main:
             hold_run_lock(self.run_dir)  # before anything is read or written there
@@ -133,7 +141,7 @@ class Trainer:
                  f"{self.valid_data.num_rows:,} / test {self.test_data.num_rows:,} rows "
                  f"({time.time() - t0:.1f}s to load)")
         self.parts = parts = build_model_parts(cfg.model, cfg.model_settings(), meta, env, cfg.sharding,
-                                               seed=cfg.seed)
+                                               seed=cfg.seed, embedding_backend=cfg.embedding_backend)
         self.dmp, self.groups = parts.module, parts.groups
         self.log(parts.describe_plan(env.world_size))
         self.loader = (self.make_loader or default_loader)(self.train_data, cfg, env)
@@ -143,7 +151,8 @@ class Trainer:
         self.guard = LossGuard(float(self.train_data.labels.float().mean()))
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
-                 f"warmup {self.opt.warmup_steps} steps; {env.world_size} rank(s) on {env.device} ({env.backend})")
+                 f"warmup {self.opt.warmup_steps} steps; {env.world_size} rank(s) on {env.device} ({env.backend}), "
+                 f"embedding backend {cfg.embedding_backend}")
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.done_seconds, self.done_samples = 0.0, 0   # training time and samples before a resume
         self.metrics_log: list[dict[str, Any]] = []
@@ -232,12 +241,13 @@ class Trainer:
         stayed above the threshold of :mod:`ctr.train.divergence`, and :class:`_StopRequested`
         after a complete step when a rank received SIGINT/SIGTERM."""
         batch = batch.to(self.env.device)
-        logits = self.dmp(batch.dense, batch.sparse)
+        logits = self.dmp(batch.dense, batch.ids)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
         loss, stop = self._agree(loss_sum.item(), batch.labels.numel())  # the step's one host read
         self.guard.update(loss, f"{where} (global step {self.global_step})")
         self.opt.zero_grad()
         (loss_sum * (self.env.world_size / batch.global_size)).backward()
+        self.parts.sync_gradients()   # the torch backend over N ranks; TorchRec's DMP syncs itself
         fault_point("train.mid_step")
         self.opt.step(batch.global_ids)
         self.global_step += 1
