@@ -52,23 +52,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """ctr's temporaries in ``directory`` whose creating process no longer runs."""
+def stale_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """ctr's temporaries in ``directory`` (only those of target ``name``, if given) whose
+    creating process no longer runs."""
     d = Path(directory)
     if not d.is_dir():
         return []
     out = []
     for p in d.iterdir():
         m = _TEMP_RE.match(p.name)
-        if m and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
+        if (m and (name is None or m["name"] == name) and int(m["pid"]) != os.getpid()
+                and not pid_alive(int(m["pid"]))):
             out.append(p)
     return sorted(out)
 
 
-def clean_stale_temps(directory: str | os.PathLike) -> list[Path]:
+def clean_stale_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Removes :func:`stale_temps` of ``directory`` (files or trees); returns what it removed."""
     removed = []
-    for p in stale_temps(directory):
+    for p in stale_temps(directory, name):
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:

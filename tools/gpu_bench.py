@@ -201,7 +201,7 @@ def bench_batch(data: str, batch: int, device: str, steps: int, warmup: int, mod
            "phases_sum_ms": sum(phases.values()) * 1e3, "steps_timed": steps, "warmup_steps": warmup,
            "setup_s": setup_s, "clip_fraction": tr.opt.last_clip_fraction,
            "table_rows": sum(tr.meta["vocab_sizes"].values()), "device": str(dev), **_peak_mb(dev)}
-    del tr, b, loader, it
+    del tr, b
     shutdown_distributed()
     gc.collect()
     if dev.type == "cuda":

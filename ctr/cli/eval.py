@@ -22,17 +22,8 @@ from pathlib import Path
 from ctr.data.dataset import SPLITS, DatasetError, read_meta
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS
 from ctr.exitcodes import EXIT_OK, EXIT_USAGE
+from ctr.argtypes import positive_int
 from ctr.fsutil import write_json_atomic
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedding-backend", default="auto", choices=EMBEDDING_BACKENDS,
                    help="torchrec or torch (plain PyTorch); auto: torchrec where it imports. Either "
                    "one reads a checkpoint of either")
-    p.add_argument("--batch", type=_positive, help="evaluation batch (default: the run's eval_batch)")
+    p.add_argument("--batch", type=positive_int, help="evaluation batch (default: the run's eval_batch)")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval-SPLIT.json)")
     args = p.parse_args(argv)
     from ctr.train.checkpoint import CheckpointError

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from ctr.data.encoding import ENCODINGS
 from ctr.data.raw import FORMATS, RawInputError
 from ctr.data.transforms import DENSE_TRANSFORMS
+from ctr.argtypes import positive_int
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
 
@@ -52,16 +53,6 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctr-preprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--encoding", choices=ENCODINGS, default=None,
                    help="label | min_count (needs --min-count) | hash (needs --hash-buckets)")
     m = g.add_mutually_exclusive_group()
-    m.add_argument("--min-count", type=_positive_int, metavar="K",
+    m.add_argument("--min-count", type=positive_int, metavar="K",
                    help="values seen fewer than K times -> id 0 (BARS protocol)")
-    m.add_argument("--hash-buckets", type=_positive_int, metavar="N",
+    m.add_argument("--hash-buckets", type=positive_int, metavar="N",
                    help="hash values into N buckets (ids 1..N)")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip malformed rows (counted and listed in meta.json) instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--block-mb", type=_positive_int, default=64, help=argparse.SUPPRESS)
+    p.add_argument("--block-mb", type=positive_int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bars and no summary")
     return p
 

@@ -20,7 +20,8 @@ from ctr.data.dataset import DatasetError, read_meta
 from ctr.exitcodes import EXIT_USAGE, exit_code_for_status
 from ctr.optim.scaling import format_batch
 from ctr.train.config import CONFIG_DIR, load_config
-from ctr.train.settings import add_setting_flags, overrides_from, positive_int
+from ctr.argtypes import positive_int
+from ctr.train.settings import add_setting_flags, overrides_from
 
 
 def build_parser() -> argparse.ArgumentParser:

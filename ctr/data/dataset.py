@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ctr.faults import fault_point
-from ctr.fsutil import stale_temps, temp_path, write_json_atomic  # write_json_atomic: re-exported
+from ctr.fsutil import clean_stale_temps, temp_path, write_json_atomic  # write_json_atomic: re-exported
 
 SCHEMA_VERSION = 1
 META_FILE = "meta.json"
@@ -212,16 +212,7 @@ def remove_stale_temps(out_dir: str | os.PathLike) -> list[Path]:
     """Deletes the ``.NAME.tmp-*`` / ``.NAME.old-*`` that dead writers of ``out_dir`` left
     beside it (only ctr's pid-tagged ones whose process is gone); returns what it deleted."""
     out_dir = Path(out_dir)
-    removed = []
-    for p in stale_temps(out_dir.parent):
-        if p.name.rsplit(".", 1)[0] != f".{out_dir.name}":
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
+    return clean_stale_temps(out_dir.parent, out_dir.name)
 
 
 class DatasetWriter:

@@ -55,6 +55,17 @@ LINEAR_PREFIX = "lin_"
 TABLE_KINDS = {EMBEDDING_PREFIX: "embedding", LINEAR_PREFIX: "linear"}
 
 
+def check_sparse_fields(owner: str, fields: list[str], vocab_sizes: dict[str, int], embedding_dim: int) -> None:
+    """The arguments every sparse arch (either backend) needs, checked once; ``owner`` names it."""
+    if not fields:
+        raise ValueError(f"{owner} needs at least one sparse field")
+    missing = [f for f in fields if f not in vocab_sizes]
+    if missing:
+        raise ValueError(f"no vocabulary size for sparse field(s) {missing}")
+    if embedding_dim < 1:
+        raise ValueError(f"embedding_dim must be >= 1, not {embedding_dim}")
+
+
 def field_of(table: str) -> str:
     """``emb_C1`` / ``lin_C1`` -> ``C1``."""
     return table.split("_", 1)[1]

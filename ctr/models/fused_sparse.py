@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctr.distributed.shards import FusedGroup, TableShard
-from ctr.models.config import EMBEDDING_PREFIX, LINEAR_PREFIX, kind_of
+from ctr.models.config import EMBEDDING_PREFIX, LINEAR_PREFIX, check_sparse_fields, kind_of
 
 
 class FusedTable(nn.Module):
@@ -110,13 +110,7 @@ class FusedSparseArch(nn.Module):
                  init_std: float = 1e-2, with_linear: bool = True,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
-        if not fields:
-            raise ValueError("FusedSparseArch needs at least one sparse field")
-        missing = [f for f in fields if f not in vocab_sizes]
-        if missing:
-            raise ValueError(f"no vocabulary size for sparse field(s) {missing}")
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, not {embedding_dim}")
+        check_sparse_fields("FusedSparseArch", fields, vocab_sizes, embedding_dim)
         self.fields: list[str] = list(fields)
         self.embedding_dim = int(embedding_dim)
         fill = torch.device(device).type != "meta" if device is not None else True

@@ -38,7 +38,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.modules.embedding_configs import PoolingType
 
-from ctr.models.config import EMBEDDING_PREFIX, LINEAR_PREFIX
+from ctr.models.config import EMBEDDING_PREFIX, LINEAR_PREFIX, check_sparse_fields
 
 
 def _tables(prefix: str, fields: list[str], vocab_sizes: dict[str, int], dim: int,
@@ -68,13 +68,7 @@ class SparseArch(nn.Module):
                  init_std: float = 1e-2, with_linear: bool = True,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
-        if not fields:
-            raise ValueError("SparseArch needs at least one sparse field")
-        missing = [f for f in fields if f not in vocab_sizes]
-        if missing:
-            raise ValueError(f"no vocabulary size for sparse field(s) {missing}")
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, not {embedding_dim}")
+        check_sparse_fields("SparseArch", fields, vocab_sizes, embedding_dim)
         self.fields: list[str] = list(fields)
         self.embedding_dim = int(embedding_dim)
         device = torch.device(device) if device is not None else None

@@ -23,20 +23,11 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ctr.argtypes import positive_int
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS, SHARDINGS
 from ctr.models.config import MODEL_NAMES
 from ctr.optim.options import ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, WARMUP_FORMS
 from ctr.optim.scaling import RULES, parse_batch
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
 
 
 def non_negative_float(text: str) -> float:
