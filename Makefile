@@ -27,6 +27,8 @@ demo: $(STAMP)
 	$(BIN)/ctr-train --model deepfm --batch 1k
 
 test: $(STAMP)
+	# the type check ([tool.mypy] in pyproject.toml: ctr/), then the suite
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

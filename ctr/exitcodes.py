@@ -9,9 +9,10 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_FAILED = 1           # a crash: no summary, or a status not in EXIT_CODES
-EXIT_USAGE = 2            # bad flags, files or directories in use; nothing was run
+EXIT_USAGE = 2            # bad input (flags, files, rows, a directory in use): nothing kept
 EXIT_DIVERGED = 3         # training finished with a non-finite loss
 EXIT_INTERRUPTED = 130    # Ctrl-C: a checkpoint was saved, --resume continues (128 + SIGINT)
+EXIT_TERMINATED = 143     # SIGTERM to a command that keeps nothing of its run (ctr-preprocess)
 
 EXIT_CODES = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ctr.data.dataset import DatasetError, DatasetWriter, read_meta
+from ctr.data.dataset import DatasetError, DatasetSchema, DatasetWriter, read_meta, read_schema
 from ctr.data.loader import BatchLoader, SplitTensors
 
 SPARSE = ["C1", "C2", "C3"]
@@ -38,6 +38,36 @@ def test_dataset_layout_and_meta(tmp_path):
     assert len(meta["splits"]["train"]["files"]) == 4  # 300 rows per file
     assert meta["split_aliases"]["valid"] == "test"
     assert not list(tmp_path.glob(".ds.tmp-*"))
+
+
+def test_schema_is_read_once_and_typed(tmp_path):
+    d = write_tiny(tmp_path / "ds")
+    ds = read_schema(d)
+    assert isinstance(ds, DatasetSchema) and ds.path == d and ds.family == "custom"
+    assert ds.label == "label" and ds.sparse_fields == tuple(SPARSE) and ds.dense_fields == tuple(DENSE)
+    assert dict(ds.vocab_sizes) == VOCAB and ds.table_rows == sum(VOCAB.values())
+    assert ds.rows("train") == 1000 and ds.rows("valid") == ds.rows("test") == 100
+    assert ds.resolve_split("valid") == "test" and ds.same_split("valid", "test")
+    assert [p.name for p in ds.split_files("train")] == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert ds.oracle_test_auc is None and ds.meta["schema_version"] == read_meta(d)["schema_version"]
+    with pytest.raises(TypeError):
+        ds.vocab_sizes["C1"] = 7                      # read-only: one copy, nobody edits it
+    with pytest.raises(DatasetError, match=r"split 'nope' not in dataset \(has \['test', 'train'\]\)"):
+        ds.rows("nope")
+    (d / ds.splits["train"].files[1]).unlink()
+    with pytest.raises(DatasetError, match="lists missing files .*part-00001"):
+        ds.split_files("train")
+    # The loader takes the schema already read: nothing is parsed twice.
+    assert SplitTensors.load(read_schema(write_tiny(tmp_path / "ds2")), "test").num_rows == 100
+
+
+def test_unlabelled_dataset_refused_by_name(tmp_path):
+    d = write_tiny(tmp_path / "ds")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["label"] = None
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=f"{d}: dataset has no label column"):
+        SplitTensors.load(d, "train")
 
 
 def test_split_tensors_round_trip(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ctr.data import synth
-from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, read_meta, split_files
+from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, DatasetError, read_meta, split_files
 from ctr.data.encoding import FieldVocab, frequency_ids
 from ctr.data.preprocess import parse_split, preprocess
 from ctr.data.transforms import DenseStats, apply_dense_transform
@@ -339,10 +339,29 @@ def test_ensure_demo_dataset_reuses(tmp_path, capsys):
         synth.ensure_demo_dataset(other, rows=3_000)
 
 
-def test_demo_defaults():
-    assert synth.DEMO_DIR.name == "synthetic-demo" and synth.DEMO_DIR.parent.name == "data"
-    assert (synth.DEMO_DIR.parents[1] / "ctr" / "data" / "synth" / "demo.py").is_file()
+def test_demo_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("CTR_DATA_DIR", raising=False)
+    demo = synth.synthetic_dir()                  # in a source checkout: its data/ directory
+    assert demo.name == "synthetic-demo" and demo.parent.name == "data"
+    assert (demo.parents[1] / "ctr" / "data" / "synth" / "demo.py").is_file()
     assert 500_000 <= synth.DEMO_ROWS <= 2_000_000
+    # ctr-train and the sweeps share one place and one name per (rows, seed)
+    assert synth.synthetic_dir(synth.DEMO_ROWS, 0) == demo
+    assert synth.synthetic_dir(2_000, 3) == demo.parent / "synthetic-2000-s3"
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
+    assert synth.synthetic_dir(2_000, 3) == tmp_path / "synthetic-2000-s3"
+
+
+def test_resolve_dataset(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
+    ds = synth.resolve_dataset(None, rows=2_000, seed=1)          # generated on first use
+    assert ds.path == tmp_path / "synthetic-2000-s1" and ds.family == "synthetic"
+    assert ds.rows("train") + ds.rows("test") == 2_000 and ds.oracle_test_auc is not None
+    capsys.readouterr()
+    again = synth.resolve_dataset(str(ds.path))                   # a given directory: only read
+    assert again.vocab_sizes == ds.vocab_sizes and capsys.readouterr().out == ""
+    with pytest.raises(DatasetError, match="not a processed dataset"):
+        synth.resolve_dataset(str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize("text,rows", [("1000000", 1_000_000), ("1m", 1_000_000),

@@ -36,82 +36,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 KAGGLE_ROWS = 45_840_617
 KAGGLE_BYTES = 11_147_184_845  # train.txt
-# distinct values per field in Criteo Kaggle train.txt
-KAGGLE_CARD = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-               27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
 
 
-def _hex8(v, mask):
-    import numpy as np
-    import pyarrow as pa
-    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-    shifts = np.arange(28, -1, -4, dtype=np.uint32)
-    m = np.ascontiguousarray(digits[(v[:, None] >> shifts) & 15])
-    return pa.array(m.view("S8").ravel(), mask=mask).cast(pa.string())
-
-
-def _raw_chunk(n: int, rng, row0: int):
-    """``n`` Criteo-shaped rows: heavy-tailed ids so big fields keep growing like Kaggle's."""
-    import numpy as np
-    import pyarrow as pa
-    cols = {"label": pa.array((rng.random(n) < 0.256).astype(np.int8))}
-    for i in range(13):
-        v = np.floor(rng.exponential(30.0 * (i + 1), n)).astype(np.int64) - (1 if i == 1 else 0)
-        cols[f"I{i + 1}"] = pa.array(v, mask=rng.random(n) < (0.05 + 0.03 * i))
-    frac = (row0 + n) / KAGGLE_ROWS
-    for j, card in enumerate(KAGGLE_CARD):
-        # a shared popular head (Zipf-like) plus a stream of ever new values for big fields
-        head = np.minimum((rng.pareto(1.1, n) * 3).astype(np.int64), card - 1)
-        if card > 100_000:
-            fresh = rng.random(n) < min(0.9, card / KAGGLE_ROWS * 1.1)
-            new_ids = rng.integers(0, max(1, int(card * frac)), n) + 1000
-            head = np.where(fresh, np.minimum(new_ids, card - 1), head)
-        h = ((head.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(j * 7919))
-             >> np.uint64(32)).astype(np.uint32)
-        cols[f"C{j + 1}"] = _hex8(h, rng.random(n) < 0.04 * (j % 5))
-    return pa.table(cols)
-
-
-def write_raw_tsv(path: str | os.PathLike, rows: int, seed: int = 0, progress: bool = True,
-                  gzip_level: int | None = None) -> None:
-    """Fallback raw writer (numpy + pyarrow), used when ``ctr.data.synth`` is absent."""
-    import gzip
-    import numpy as np
-    import pyarrow.csv as pacsv
-    from tqdm import tqdm
-    rng = np.random.default_rng(seed)
-    opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    tmp = Path(str(path) + ".part")
-    opener = (lambda p: gzip.open(p, "wb", compresslevel=gzip_level)) if gzip_level else \
-        (lambda p: open(p, "wb"))
-    with opener(tmp) as f, tqdm(total=rows, unit="rows", unit_scale=True, disable=not progress,
-                                desc="writing raw TSV") as bar:
-        done = 0
-        while done < rows:
-            n = min(500_000, rows - done)
-            pacsv.write_csv(_raw_chunk(n, rng, done), f, opts)
-            done += n
-            bar.update(n)
-    os.replace(tmp, path)
-
-
-def make_raw(path: Path, rows: int, seed: int, gz: bool) -> str:
-    """Writes the raw file (reused when present); returns which writer made it."""
+def make_raw(path: Path, rows: int, seed: int) -> str:
+    """Writes the raw file with the project's generator (gzip when ``path`` ends in ``.gz``;
+    Kaggle's per-field cardinalities, :data:`ctr.data.synth.CRITEO_CARDINALITY`), reused when
+    already there with ``rows`` rows; returns how it was made."""
+    from ctr.data.synth import write_raw_criteo_tsv
     marker = path.with_name(path.name + ".rows")
     if path.exists() and marker.exists() and marker.read_text().strip() == str(rows):
         return "reused"
-    try:
-        from ctr.data.synth import write_raw_criteo_tsv  # the project's generator, when present
-    except ImportError:
-        write_raw_criteo_tsv = None
-    if write_raw_criteo_tsv is not None and not gz:
-        write_raw_criteo_tsv(path, rows, seed=seed, progress=True)
-        how = "ctr.data.synth.write_raw_criteo_tsv"
-    else:
-        write_raw_tsv(path, rows, seed=seed, gzip_level=1 if gz else None)
-        how = "tools/bench_preprocess.write_raw_tsv" + (" (gzip)" if gz else "")
+    write_raw_criteo_tsv(path, rows, seed=seed, progress=True)
     marker.write_text(f"{rows}\n")
-    return how
+    return "ctr.data.synth.write_raw_criteo_tsv" + (" (gzip)" if path.suffix == ".gz" else "")
 
 
 _CHILD = r"""
@@ -152,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     raw = work / (f"train-{args.rows}.txt" + (".gz" if args.gzip else ""))
     t = time.perf_counter()
-    how = make_raw(raw, args.rows, args.seed, args.gzip)
+    how = make_raw(raw, args.rows, args.seed)
     gen_s = time.perf_counter() - t
     raw_bytes = raw.stat().st_size
     print(f"raw input: {raw} ({raw_bytes / 1e9:.2f} GB, {args.rows:,} rows; {how}, {gen_s:.0f} s)",

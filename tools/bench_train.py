@@ -93,10 +93,10 @@ def bench(args) -> list[dict]:
         tr.train_step(last)  # leaves this batch's gradients in place for clip_ to work on
         t_clip = time_steps(lambda: tr.opt.clip_(last.global_ids), 1, steps)
         mcfg = cfg.model_config
-        width = len(tr.meta["sparse_fields"]) * mcfg.get("embedding_dim", 10) + len(tr.meta["dense_fields"])
+        width = len(tr.dataset.sparse_fields) * mcfg.get("embedding_dim", 10) + len(tr.dataset.dense_fields)
         if backend == args.backends[0]:   # the floor depends on the batch only
             t_floor = dnn_floor(width, list(mcfg.get("mlp", [400, 400, 400])), batch, args.warmup, steps)
-        table_rows = sum(tr.meta["vocab_sizes"].values())
+        table_rows = tr.dataset.table_rows
         from ctr.distributed.env import shutdown_distributed
         shutdown_distributed()
         row = {"batch": batch, "backend": backend, "ctr_samples_per_s": batch / t_step,
@@ -128,8 +128,8 @@ def main() -> int:
     if bad or not args.backends:
         p.error(f"--backends: choose from torchrec, torch (got {args.backends.__repr__()})")
     if args.data is None:
-        from ctr.data.synth import ensure_demo_dataset
-        args.data = str(ensure_demo_dataset())
+        from ctr.data.synth import resolve_dataset
+        args.data = str(resolve_dataset(None).path)
     rows = bench(args)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"

@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, LABEL, DatasetWriter, read_meta  # noqa: E402
+from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, LABEL, DatasetSchema, DatasetWriter, read_schema  # noqa: E402
 from ctr.data.loader import BatchLoader  # noqa: E402
 from ctr.optim.scaling import format_batch, parse_batch  # noqa: E402
 
@@ -92,7 +92,7 @@ def scaled_vocab(table_rows: int) -> dict[str, int]:
     return {f: vocab[f] for f in CRITEO_SPARSE}
 
 
-def make_bench_dataset(out: Path, rows: int, table_rows: int, test_rows: int, seed: int = 0) -> dict[str, Any]:
+def make_bench_dataset(out: Path, rows: int, table_rows: int, test_rows: int, seed: int = 0) -> DatasetSchema:
     """Random Criteo-shaped rows over fixed vocabularies, through DatasetWriter (train + test)."""
     vocab = scaled_vocab(table_rows)
     rng = np.random.default_rng(seed)
@@ -112,7 +112,7 @@ def make_bench_dataset(out: Path, rows: int, table_rows: int, test_rows: int, se
                        "sparse_fields": list(CRITEO_SPARSE), "vocab_sizes": vocab,
                        "generator": {"tool": "tools/gpu_bench.py", "ids": "log-uniform per field",
                                      "labels": "Bernoulli(0.25), no signal", "seed": seed}})
-    return read_meta(out)
+    return read_schema(out)
 
 
 def _sync(device: torch.device) -> Callable[[], None]:
@@ -200,7 +200,7 @@ def bench_batch(data: str, batch: int, device: str, steps: int, warmup: int, mod
            **{f"{k}_ms": v * 1e3 for k, v in phases.items()}, "cowclip_ms": t_clip * 1e3,
            "phases_sum_ms": sum(phases.values()) * 1e3, "steps_timed": steps, "warmup_steps": warmup,
            "setup_s": setup_s, "clip_fraction": tr.opt.last_clip_fraction,
-           "table_rows": sum(tr.meta["vocab_sizes"].values()), "device": str(dev), **_peak_mb(dev)}
+           "table_rows": tr.dataset.table_rows, "device": str(dev), **_peak_mb(dev)}
     del tr, b
     shutdown_distributed()
     gc.collect()
@@ -252,11 +252,11 @@ def cmd_cowclip(args) -> int:
     t0 = time.perf_counter()
     if not (data / "meta.json").is_file():
         generate_dataset(data, args.rows, seed=0, progress=False, overwrite=data.exists())
-    meta = read_meta(data)
+    dataset = read_schema(data)
     result: dict[str, Any] = {"machine": machine(args.device), "model": args.model, "backend": BACKEND,
                               "data": str(data), "rows": args.rows, "epochs": args.epochs,
                               "dataset_seconds": time.perf_counter() - t0,
-                              "oracle_test_auc": (meta.get("oracle") or {}).get("test_auc"), "runs": []}
+                              "oracle_test_auc": dataset.oracle_test_auc, "runs": []}
     print(f"dataset {data} ({result['dataset_seconds']:.1f}s), oracle AUC {result['oracle_test_auc']}", flush=True)
     for batch in args.batches:
         for scaling in ("cowclip", "none"):

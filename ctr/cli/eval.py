@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from ctr.data.dataset import SPLITS, DatasetError, read_meta
+from ctr.data.dataset import SPLITS, DatasetError, read_schema
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS
 from ctr.exitcodes import EXIT_OK, EXIT_USAGE
 from ctr.argtypes import positive_int
@@ -87,7 +87,7 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
     data = data or cfg.get("data")
     if not data:
         raise DatasetError(f"{cfg_file}: names no dataset; pass --data")
-    meta = read_meta(data)
+    dataset = read_schema(data)
     state = ckpt.load_checkpoint(run_dir)
     try:
         backend = resolve_embedding_backend(embedding_backend)
@@ -100,9 +100,9 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
             settings = ModelConfig.from_dict(cfg.get("model_config", {}))
         except (TypeError, ValueError) as e:
             raise DatasetError(f"{cfg_file}: bad model_config ({e})") from e
-        parts = build_model_parts(cfg["model"], settings, meta, env, "auto", embedding_backend=backend)
+        parts = build_model_parts(cfg["model"], settings, dataset, env, "auto", embedding_backend=backend)
         ckpt.restore_(state, parts.module, parts.groups, None)
-        split_data = SplitTensors.load(data, split)
+        split_data = SplitTensors.load(dataset, split)
         probs, labels = predict(parts.module, split_data, batch or int(cfg.get("eval_batch") or TrainConfig.eval_batch), env)
     finally:
         shutdown_distributed()

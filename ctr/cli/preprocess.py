@@ -29,8 +29,7 @@ from ctr.data.encoding import ENCODINGS
 from ctr.data.raw import FORMATS, RawInputError
 from ctr.data.transforms import DENSE_TRANSFORMS
 from ctr.argtypes import positive_int
-
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
+from ctr.exitcodes import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 
 
 class Terminated(KeyboardInterrupt):
@@ -91,7 +90,7 @@ def _synth(argv: list[str]) -> int:
         from ctr.data.synth import add_synth_arguments, synth_main
     except ImportError as e:
         print(f"ctr-preprocess synth: not available ({e})", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE
     p = argparse.ArgumentParser(prog="ctr-preprocess synth",
                                 description="Writes a synthetic dataset (see ctr.data.synth).")
     add_synth_arguments(p)
@@ -128,13 +127,13 @@ def _preprocess(args: argparse.Namespace) -> int:
         if getattr(e, "skippable", False):
             msg += "\n(pass --skip-bad-rows to skip such rows)"
         print(f"ctr-preprocess: error: {msg}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE
     except FileExistsError as e:
         print(f"ctr-preprocess: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE
     except (ValueError, OSError) as e:
         print(f"ctr-preprocess: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE
     if not args.quiet:
         print(format_summary(meta, args.out))
     return EXIT_OK

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ctr.data.dataset import DatasetError, read_meta
+from ctr.data.dataset import DatasetError
 from ctr.exitcodes import EXIT_USAGE, exit_code_for_status
 from ctr.optim.scaling import format_batch
 from ctr.train.config import CONFIG_DIR, load_config
@@ -42,14 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_data(data: str | None) -> tuple[str, str]:
     """The dataset dir (generating the built-in one on first use) and its config family."""
-    if data is None:
-        from ctr.data.synth import ensure_demo_dataset
-        data = str(ensure_demo_dataset())
-    meta = read_meta(data)
-    family = meta.get("dataset", "criteo")
+    from ctr.data.synth import resolve_dataset
+    ds = resolve_dataset(data)
+    family = ds.family
     if not (CONFIG_DIR / family).is_dir():
         family = "criteo"  # Criteo-style data without its own configs: the paper's Criteo values
-    return data, family
+    return str(ds.path), family
 
 
 def _strip_nproc(argv: list[str]) -> list[str]:

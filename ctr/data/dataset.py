@@ -2,7 +2,8 @@
 
 Every producer (``ctr-preprocess`` from raw logs, the synthetic generator) writes through
 :class:`DatasetWriter`, and every consumer (the loader, ``ctr-train``, ``ctr-eval``) reads
-through :func:`read_meta` / :func:`split_files`, so the format lives in this one file::
+through :func:`read_schema` (the typed :class:`DatasetSchema`, read and checked once), so the
+format lives in this one file::
 
     DIR/
       meta.json               schema version, fields, vocabularies, splits, transforms ...
@@ -35,8 +36,10 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,6 +89,95 @@ def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
         raise DatasetError(f"{path}: {problem}; the dataset is damaged, rebuild it with "
                            "`ctr-preprocess`")
     return meta
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One stored split: its row count and Parquet files (relative to the dataset directory)."""
+
+    rows: int
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """A processed dataset's ``meta.json``, checked and typed: what every consumer reads.
+
+    The fields a consumer needs are typed attributes; the whole record (sources, transforms,
+    the synthetic generator's parameters, ...) stays in :attr:`meta` for provenance.
+
+    Example::
+
+        ds = read_schema("data/criteo")
+        ds.sparse_fields, ds.vocab_sizes["C1"], ds.rows("train")
+        files = ds.split_files("valid")     # valid -> test under the paper's 90/10 protocol
+    """
+
+    path: Path
+    family: str                      # "criteo", "avazu", "synthetic": selects configs/<family>
+    label: str | None                # None for a dataset made from unlabelled input
+    dense_fields: tuple[str, ...]
+    sparse_fields: tuple[str, ...]
+    vocab_sizes: Mapping[str, int]   # field -> rows of its table (id 0 = missing / rare)
+    splits: Mapping[str, SplitInfo]
+    split_aliases: Mapping[str, str]
+    oracle_test_auc: float | None    # the synthetic data's true-probability AUC on test
+    meta: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_meta(cls, data_dir: str | os.PathLike, meta: dict[str, Any]) -> "DatasetSchema":
+        """The schema of an already checked ``meta`` (:func:`read_meta`'s result)."""
+        oracle = meta.get("oracle")
+        auc = oracle.get("test_auc") if isinstance(oracle, dict) else None
+        return cls(path=Path(data_dir), family=str(meta.get("dataset") or "criteo"),
+                   label=meta.get("label") or None,
+                   dense_fields=tuple(meta["dense_fields"]), sparse_fields=tuple(meta["sparse_fields"]),
+                   vocab_sizes=MappingProxyType({f: int(meta["vocab_sizes"][f])
+                                                 for f in meta["sparse_fields"]}),
+                   splits=MappingProxyType({name: SplitInfo(int(s["rows"]), tuple(s["files"]))
+                                            for name, s in meta["splits"].items()}),
+                   split_aliases=MappingProxyType(dict(meta.get("split_aliases", {}))),
+                   oracle_test_auc=float(auc) if isinstance(auc, (int, float)) else None,
+                   meta=MappingProxyType(meta))
+
+    @property
+    def table_rows(self) -> int:
+        """Rows of all embedding tables together (one table per sparse field)."""
+        return sum(self.vocab_sizes.values())
+
+    def resolve_split(self, split: str) -> str:
+        """Maps an alias (``valid`` -> ``test`` under the paper's 90/10 protocol) to a stored split."""
+        name = self.split_aliases.get(split, split)
+        if name not in self.splits:
+            raise DatasetError(f"{self.path}: split {name!r} not in dataset (has {sorted(self.splits)})")
+        return name
+
+    def same_split(self, a: str, b: str) -> bool:
+        """Whether two split names (aliases resolved) are stored as one split."""
+        return self.resolve_split(a) == self.resolve_split(b)
+
+    def rows(self, split: str) -> int:
+        return self.splits[self.resolve_split(split)].rows
+
+    def split_files(self, split: str) -> list[Path]:
+        """The Parquet files of one split, in order; a missing one is a :class:`DatasetError`."""
+        name = self.resolve_split(split)
+        files = [self.path / f for f in self.splits[name].files]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DatasetError(f"{self.path}: split {name!r} lists missing files {missing}")
+        return files
+
+    def require_label(self) -> None:
+        """Raises unless the dataset has labels (one made from unlabelled input cannot be trained)."""
+        if not self.label:
+            raise DatasetError(f"{self.path}: dataset has no label column (made from unlabelled "
+                               "input); it cannot be trained or evaluated on")
+
+
+def read_schema(data_dir: str | os.PathLike) -> DatasetSchema:
+    """Reads and checks ``DIR/meta.json`` once; raises :class:`DatasetError` naming the problem."""
+    return DatasetSchema.from_meta(data_dir, read_meta(data_dir))
 
 
 def _meta_problem(meta: dict[str, Any]) -> str | None:
@@ -188,24 +280,9 @@ def check_no_overlap(out_dir: str | os.PathLike, protect: Iterable[str | os.Path
                                         "another output directory")
 
 
-def resolve_split(meta: dict[str, Any], split: str) -> str:
-    """Maps an alias (``valid`` -> ``test`` under the paper's 90/10 protocol) to a stored split."""
-    split = meta.get("split_aliases", {}).get(split, split)
-    if split not in meta["splits"]:
-        raise DatasetError(f"split {split!r} not in dataset (has {sorted(meta['splits'])})")
-    return split
-
-
 def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """The Parquet files of one split, in order."""
-    data_dir = Path(data_dir)
-    meta = read_meta(data_dir)
-    split = resolve_split(meta, split)
-    files = [data_dir / f for f in meta["splits"][split]["files"]]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DatasetError(f"{data_dir}: split {split!r} lists missing files {missing}")
-    return files
+    """The Parquet files of one split, in order (``read_schema(data_dir).split_files(split)``)."""
+    return read_schema(data_dir).split_files(split)
 
 
 def remove_stale_temps(out_dir: str | os.PathLike) -> list[Path]:

@@ -239,7 +239,7 @@ class CategoricalEncoder:
         self.fields = list(fields)
         self.kind = kind
         self.min_count = int(min_count) if kind == "min_count" else 1
-        self.buckets = int(buckets) if kind == "hash" else None
+        self.buckets = int(buckets) if kind == "hash" and buckets is not None else None
         self.vocabs = {f: FieldVocab() for f in self.fields} if kind != "hash" else {}
         self.frozen = kind == "hash"
 
@@ -263,7 +263,7 @@ class CategoricalEncoder:
         self.frozen = True
 
     def encode_keys(self, field: str, keys: np.ndarray) -> np.ndarray:
-        if self.kind == "hash":
+        if self.buckets is not None:  # kind == "hash"
             return hash_keys(keys, self.buckets)
         return self.vocabs[field].lookup(keys)
 
@@ -276,7 +276,7 @@ class CategoricalEncoder:
 
     def vocab_sizes(self) -> dict[str, int]:
         """``{field: V}``, id 0 included (the embedding table's row count)."""
-        if self.kind == "hash":
+        if self.buckets is not None:  # kind == "hash"
             return {f: self.buckets + 1 for f in self.fields}
         return {f: int(self.vocabs[f].size) for f in self.fields}
 

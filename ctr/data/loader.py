@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ctr.data.dataset import DatasetError, read_meta, resolve_split, split_files
+from ctr.data.dataset import DatasetError, DatasetSchema, read_schema
 
 if TYPE_CHECKING:
     from torchrec import KeyedJaggedTensor
@@ -103,16 +103,16 @@ class SplitTensors:
         return int(self.ids.shape[0])
 
     @classmethod
-    def load(cls, data_dir: str | Path, split: str) -> "SplitTensors":
-        """Reads one split of a processed dataset into memory, column by column."""
-        meta = read_meta(data_dir)
-        split = resolve_split(meta, split)
-        if not meta.get("label"):
-            raise DatasetError(f"{data_dir}: dataset has no label column (made from unlabelled "
-                               "input); it cannot be trained or evaluated on")
-        files = split_files(data_dir, split)
-        sparse, dense = list(meta["sparse_fields"]), list(meta["dense_fields"])
-        n = int(meta["splits"][split]["rows"])
+    def load(cls, data: str | Path | DatasetSchema, split: str) -> "SplitTensors":
+        """Reads one split of a processed dataset (a directory, or its schema already read)
+        into memory, column by column."""
+        ds = data if isinstance(data, DatasetSchema) else read_schema(data)
+        data_dir = ds.path
+        ds.require_label()
+        split = ds.resolve_split(split)
+        files = ds.split_files(split)
+        sparse, dense = list(ds.sparse_fields), list(ds.dense_fields)
+        n = ds.rows(split)
         ids = np.empty((n, len(sparse)), dtype=np.int32)
         dns = np.empty((n, len(dense)), dtype=np.float32)
         lab = np.empty(n, dtype=np.float32)
@@ -140,7 +140,7 @@ class SplitTensors:
         if start != n:
             raise DatasetError(f"{data_dir}: split {split!r} has {start} rows, meta.json says {n}")
         if n:
-            vocab = np.array([meta["vocab_sizes"][f] for f in sparse])
+            vocab = np.array([ds.vocab_sizes[f] for f in sparse])
             bad_cols = (ids.min(axis=0) < 0) | (ids.max(axis=0) >= vocab)
             if bad_cols.any():
                 bad = [f for f, b in zip(sparse, bad_cols) if b]

@@ -386,7 +386,7 @@ def format_summary(meta: dict[str, Any], out: str | os.PathLike | None = None) -
     lines = []
     where = f" -> {out}" if out is not None else ""
     fmt = meta.get("format")
-    lines.append(f"{meta.get('dataset')} ({fmt if isinstance(fmt, str) else '+'.join(fmt)}): "
+    lines.append(f"{meta.get('dataset')} ({fmt if isinstance(fmt, str) else '+'.join(fmt or [])}): "
                  f"{meta.get('rows_total', 0):,} rows from {len(meta.get('sources', []))} "
                  f"file(s){where} in {meta.get('seconds', 0):.1f} s")
     parts = []

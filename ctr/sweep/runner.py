@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 
-from ctr.data.dataset import read_meta
+from ctr.data.dataset import DatasetSchema
 from ctr.faults import fault_point
 from ctr.fsutil import DirLock, DirLockError, clean_stale_temps, write_json_atomic
 from ctr.optim.scaling import format_batch
@@ -48,15 +48,12 @@ from ctr.sweep.spec import DONE, Cell, SweepSpec, cells, run_cells
 from ctr.train.rundir import read_summary
 
 
-def resolve_data(spec: SweepSpec) -> str:
-    """The sweep's dataset: the given one, or synthetic data generated once for it."""
-    if spec.data:
-        return spec.data
-    from ctr.data.synth import ensure_demo_dataset  # reuses it unless the generator changed
-    rows = int(spec.synthetic.get("rows", 1_000_000))
-    seed = int(spec.synthetic.get("seed", 0))
-    path = ensure_demo_dataset(Path("data") / f"synthetic-{rows}-s{seed}", rows=rows, seed=seed)
-    return str(path)
+def resolve_data(spec: SweepSpec) -> DatasetSchema:
+    """The sweep's dataset: the given one, or synthetic data generated once for it (the same
+    rule and place as ``ctr-train``'s built-in data, :func:`ctr.data.synth.resolve_dataset`)."""
+    from ctr.data.synth import DEMO_ROWS, resolve_dataset  # reuses it unless the generator changed
+    return resolve_dataset(spec.data or None, rows=int(spec.synthetic.get("rows", DEMO_ROWS)),
+                           seed=int(spec.synthetic.get("seed", 0)))
 
 
 def run_status(out: Path, cell: Cell) -> str:
@@ -128,7 +125,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True) -> dict[str, Any]:
 
 def _run_locked(spec: SweepSpec, out: Path, progress: bool) -> dict[str, Any]:
     write_json_atomic(out / "spec.json", dataclasses.asdict(spec))
-    data = resolve_data(spec)
+    dataset = resolve_data(spec)
+    data = str(dataset.path)
     all_cells = cells(spec)
     runs = run_cells(spec, all_cells)
     todo = [c for c in runs if run_status(out, c) not in DONE]
@@ -141,7 +139,7 @@ def _run_locked(spec: SweepSpec, out: Path, progress: bool) -> dict[str, Any]:
     finished: list[str] = []
     # The ETA weighs cells by optimizer steps: at small batch the whole-table pass per step,
     # not the samples, sets a cell's time (a batch-8 cell takes ~12x as long as a batch-128 one here).
-    train_rows = int(read_meta(data)["splits"]["train"]["rows"])
+    train_rows = dataset.rows("train")
     steps_of = {c: spec.epochs * -(-train_rows // c.batch) for c in todo}
     steps_done = [0]
     # Small batches are latency-bound: several cells with fewer threads each use the cores better.

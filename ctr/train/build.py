@@ -2,13 +2,13 @@
 
 ::
 
-    build_model_parts(model, ModelConfig, meta, env, sharding, seed, embedding_backend)
+    build_model_parts(model, ModelConfig, DatasetSchema, env, sharding, seed, embedding_backend)
       torchrec: build_model (EBC tables on "meta") ──▶ shard_model (DMP plan, dense kernel)
                 ──▶ fused_groups (each local shard with its global rows) ──▶ init_embeddings_
       torch:    build_model (fused tables on "meta") ──▶ to_empty(device) ──▶ FusedSparseArch.
                 fused_groups (one replicated shard per field) ──▶ init_embeddings_; gradients
                 averaged over ranks by ModelParts.sync_gradients (world > 1)
-    build_optimizer(cfg, hparams, parts, steps_per_epoch, train_rows)  ──▶ CTROptimizer
+    build_optimizer(cfg, hparams, parts, steps_per_epoch, train_rows, sparse_fields)  ──▶ CTROptimizer
 
 ``ctr-train`` (:class:`~ctr.train.trainer.Trainer`), ``ctr-eval`` and the benchmarks in
 ``tools/`` all build through here, so a change in how a model is built, sharded or optimised
@@ -23,8 +23,10 @@ other.
 
 Example::
 
-    parts = build_model_parts("deepfm", cfg.model_settings(), meta, env, "auto", seed=0)
-    opt = build_optimizer(cfg, cfg.resolved_hparams(), parts, steps_per_epoch=100, train_rows=102_400)
+    ds = read_schema(data)
+    parts = build_model_parts("deepfm", cfg.model_settings(), ds, env, "auto", seed=0)
+    opt = build_optimizer(cfg, cfg.resolved_hparams(), parts, steps_per_epoch=100,
+                          train_rows=ds.rows("train"), sparse_fields=list(ds.sparse_fields))
     logits = parts.module(batch.dense, batch.ids)
     loss.backward(); parts.sync_gradients(); opt.step(batch.global_ids)
 """
@@ -32,12 +34,12 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ctr.data.dataset import DatasetSchema
 from ctr.distributed.choices import check_backend_sharding, resolve_embedding_backend
 from ctr.distributed.env import DistEnv
 from ctr.distributed.shards import FusedGroup, dense_parameters, init_embeddings_
@@ -101,10 +103,10 @@ class ModelParts:
                 offset += t.numel()
 
 
-def build_model_parts(model: str, settings: ModelConfig, meta: dict[str, Any], env: DistEnv,
+def build_model_parts(model: str, settings: ModelConfig, dataset: DatasetSchema, env: DistEnv,
                       sharding: str = "auto", seed: int | None = None,
                       embedding_backend: str = "auto") -> ModelParts:
-    """Model ``model`` for dataset ``meta``, sharded over ``env``. With ``seed``, dense layers
+    """Model ``model`` for ``dataset``'s fields and tables, sharded over ``env``. With ``seed``, dense layers
     and table rows get the seeded initialisation of a training run (tables by fixed row blocks,
     so any sharding and either backend starts from the same values); without, they are left
     to be restored. ``embedding_backend``: ``torchrec``, ``torch`` or ``auto`` (torchrec where
@@ -112,7 +114,8 @@ def build_model_parts(model: str, settings: ModelConfig, meta: dict[str, Any], e
     backend = resolve_embedding_backend(embedding_backend)
     check_backend_sharding(backend, sharding)
     torch.manual_seed(0 if seed is None else seed)
-    net = build_model(model, meta["dense_fields"], meta["sparse_fields"], meta["vocab_sizes"], settings,
+    net = build_model(model, list(dataset.dense_fields), list(dataset.sparse_fields),
+                      dict(dataset.vocab_sizes), settings,
                       device=env.device, sparse_device="meta", embedding_backend=backend)
     if backend == "torchrec":
         from ctr.distributed.sharding import fused_groups, shard_model   # imports TorchRec
@@ -121,10 +124,10 @@ def build_model_parts(model: str, settings: ModelConfig, meta: dict[str, Any], e
     else:
         net.sparse.to_empty(device=env.device)   # allocated, not filled: nothing drawn from the RNG
         module, groups = net, net.sparse.fused_groups()
-        plan = {f: ("data_parallel", 0) for f in meta["sparse_fields"]}
+        plan = {f: ("data_parallel", 0) for f in dataset.sparse_fields}
     if seed is not None:
         init_embeddings_(groups, seed, settings.init_std)
-    return ModelParts(module, groups, plan, dict(meta["vocab_sizes"]), backend, env.world_size)
+    return ModelParts(module, groups, plan, dict(dataset.vocab_sizes), backend, env.world_size)
 
 
 def build_optimizer(cfg: TrainConfig, hp: Hyperparams, parts: ModelParts, steps_per_epoch: int,

@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ctr.data.dataset import DatasetError, read_meta, resolve_split
+from ctr.data.dataset import DatasetError, read_schema
 from ctr.data.loader import BatchLoader, BatchSource, SplitTensors
 from ctr.distributed.choices import check_backend_sharding, resolve_embedding_backend
 from ctr.distributed.env import DistEnv, init_distributed, shutdown_distributed
@@ -123,31 +123,31 @@ class Trainer:
             # moments within ~1000 steps and make every step ~7x slower on x86. Flushing values
             # below 1.2e-38 to zero changes nothing measurable (GPUs do the same).
             torch.set_flush_denormal(True)
-        self.meta = meta = read_meta(data)
+        self.dataset = dataset = read_schema(data)   # meta.json, read and checked once
         self.hp = cfg.resolved_hparams()
         t0 = time.time()
-        self.train_data = SplitTensors.load(data, "train")
+        self.train_data = SplitTensors.load(dataset, "train")
         if self.train_data.num_rows == 0:
             raise DatasetError(f"{cfg.data}: the train split has no rows")
         if cfg.batch > self.train_data.num_rows:
             raise DatasetError(f"batch {format_batch(cfg.batch)} is larger than the train split of "
                                f"{cfg.data} ({self.train_data.num_rows:,} rows): every epoch would be "
                                "one partial step; use a smaller --batch or more data")
-        self.test_data = SplitTensors.load(data, "test")
+        self.test_data = SplitTensors.load(dataset, "test")
         # The paper's protocol has no separate validation split (valid is an alias of test).
-        same = resolve_split(meta, "valid") == resolve_split(meta, "test")
-        self.valid_data = self.test_data if same else SplitTensors.load(data, "valid")
+        same = dataset.same_split("valid", "test")
+        self.valid_data = self.test_data if same else SplitTensors.load(dataset, "valid")
         self.log(f"data {cfg.data}: train {self.train_data.num_rows:,} / valid "
                  f"{self.valid_data.num_rows:,} / test {self.test_data.num_rows:,} rows "
                  f"({time.time() - t0:.1f}s to load)")
-        self.parts = parts = build_model_parts(cfg.model, cfg.model_settings(), meta, env, cfg.sharding,
+        self.parts = parts = build_model_parts(cfg.model, cfg.model_settings(), dataset, env, cfg.sharding,
                                                seed=cfg.seed, embedding_backend=cfg.embedding_backend)
         self.dmp, self.groups = parts.module, parts.groups
         self.log(parts.describe_plan(env.world_size))
         self.loader = (self.make_loader or default_loader)(self.train_data, cfg, env)
         self.steps_per_epoch = len(self.loader)
         self.opt = build_optimizer(cfg, self.hp, parts, self.steps_per_epoch, self.train_data.num_rows,
-                                   meta["sparse_fields"])
+                                   list(dataset.sparse_fields))
         self.guard = LossGuard(float(self.train_data.labels.float().mean()))
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
@@ -342,14 +342,15 @@ class Trainer:
                                    "batch": cfg.batch, "scaling": cfg.scaling, "epochs": cfg.epochs,
                                    "global_steps": self.global_step, "world_size": world,
                                    "device": str(env.device), "hparams": self.hp.__dict__}
+        oracle = self.dataset.oracle_test_auc
         if status == "ok":
             test = self.evaluate(self.test_data)
             summary.update({f"test_{k}": v for k, v in test.items()})
             self.log(f"test AUC {test.get('auc', float('nan')):.4f} logloss "
                      f"{test.get('logloss', float('nan')):.4f}"
-                     + (f" (oracle AUC {self.meta['oracle']['test_auc']:.4f})" if "oracle" in self.meta else ""))
-        if "oracle" in self.meta:
-            summary["oracle_test_auc"] = self.meta["oracle"]["test_auc"]
+                     + (f" (oracle AUC {oracle:.4f})" if oracle is not None else ""))
+        if oracle is not None:
+            summary["oracle_test_auc"] = oracle
         summary.update({"wall_seconds": time.time() - t_start, "train_seconds": train_seconds,
                         "samples_per_second": samples / train_seconds if train_seconds else 0.0,
                         **peak_memory_mb(env.device)})

@@ -163,6 +163,7 @@ class TextReader(BlockReader):
                     raise input_error(f.path, bb.first_line, f"internal: {got} rows parsed from "
                                       f"{len(row_lines)} lines")
         n = table.num_rows if table is not None else 0
+        assert n == 0 or table is not None  # n > 0 only with a parsed table
 
         def lines_of_rows() -> np.ndarray:
             nonlocal row_lines
@@ -175,7 +176,7 @@ class TextReader(BlockReader):
 
         keep_mask = None
         label = None
-        if f.label is not None and n:
+        if f.label is not None and table is not None and n:
             col = table.column(f.label)
             lab = col.to_numpy()
             ok = (lab == 0) | (lab == 1)
@@ -210,7 +211,7 @@ class TextReader(BlockReader):
             keep_mask = self._check_values(table, data, bb.first_line, lines_of_rows, keep_mask, bad)
         bad.sort()
         self._raise_first(bad)
-        if n and keep_mask is not None and not keep_mask.all():
+        if table is not None and keep_mask is not None and not keep_mask.all():
             table = table.filter(pa.array(keep_mask))
             label = label[keep_mask] if label is not None else None
             n = table.num_rows
@@ -249,7 +250,7 @@ class TextReader(BlockReader):
         f = self.fmt
         dense = np.empty((n, len(f.dense)), dtype=np.float64)
         sparse: dict[str, pa.Array] = {}
-        if n:
+        if table is not None and n:
             for j, c in enumerate(f.dense):
                 dense[:, j] = table.column(c).to_numpy()
             if self.include_sparse:

@@ -30,16 +30,16 @@ From the command line: ``ctr-preprocess synth --rows 10m --out data/synth-10m``.
 
 from ctr.data.synth.cli import add_synth_arguments, parse_rows, synth_main
 from ctr.data.synth.dataset import ORACLE_COLUMN, generate_dataset, oracle_metrics, split_spec
-from ctr.data.synth.demo import DEMO_DIR, DEMO_ROWS, ensure_demo_dataset
+from ctr.data.synth.demo import DEMO_ROWS, data_root, ensure_demo_dataset, resolve_dataset, synthetic_dir
 from ctr.data.synth.model import (CHUNK_ROWS, CRITEO_CARDINALITY, CRITEO_ROWS, GENERATOR_VERSION,
                                   Chunk, PlantedModel, SynthConfig, ZipfSampler, check_rows,
                                   make_config, support_sizes)
 from ctr.data.synth.tsv import scramble_ids, tsv_parts, write_raw_criteo_tsv
 
 __all__ = [
-    "CHUNK_ROWS", "CRITEO_CARDINALITY", "CRITEO_ROWS", "DEMO_DIR", "DEMO_ROWS",
+    "CHUNK_ROWS", "CRITEO_CARDINALITY", "CRITEO_ROWS", "DEMO_ROWS",
     "GENERATOR_VERSION", "ORACLE_COLUMN", "Chunk", "PlantedModel", "SynthConfig", "ZipfSampler",
-    "add_synth_arguments", "check_rows", "ensure_demo_dataset", "generate_dataset",
+    "add_synth_arguments", "check_rows", "data_root", "ensure_demo_dataset", "resolve_dataset", "synthetic_dir", "generate_dataset",
     "make_config", "oracle_metrics", "parse_rows", "scramble_ids", "split_spec",
     "support_sizes", "synth_main", "tsv_parts", "write_raw_criteo_tsv",
 ]

@@ -1,16 +1,20 @@
-"""The demo dataset: the built-in synthetic data, generated on first use and then reused.
+"""The built-in data: which dataset a command uses when it is given none.
 
-``ctr-train`` without ``--data``, ``make demo`` and the sweeps need a dataset without asking
-for one; :func:`ensure_demo_dataset` makes ``data/synthetic-demo`` (:data:`DEMO_ROWS` rows)
-the first time and reuses it while its ``meta.json`` matches: same rows, seed, default model
-knobs and :data:`~ctr.data.synth.model.GENERATOR_VERSION`, so a dataset from an older
-generator is regenerated rather than trained on. Concurrent callers (the ranks of one
-``torchrun``) wait on a lock file instead of generating twice.
+``ctr-train`` without ``--data``, ``make demo``, the sweeps and the tools need a dataset
+without asking for one. :func:`resolve_dataset` is the one place that decides: the given
+directory, else synthetic data under :func:`data_root` (``data/synthetic-demo`` with
+:data:`DEMO_ROWS` rows, or ``data/synthetic-<rows>-s<seed>`` for a sweep's own size).
+:func:`ensure_demo_dataset` makes it the first time and reuses it while its ``meta.json``
+matches: same rows, seed, default model knobs and
+:data:`~ctr.data.synth.model.GENERATOR_VERSION`, so a dataset from an older generator is
+regenerated rather than trained on. Concurrent callers (the ranks of one ``torchrun``) wait
+on a lock file instead of generating twice.
 
 Example::
 
-    path = ensure_demo_dataset()                          # data/synthetic-demo, made once
-    path = ensure_demo_dataset("data/synthetic-2m", rows=2_000_000, seed=1)
+    ds = resolve_dataset(None)                            # data/synthetic-demo, made once
+    ds = resolve_dataset(None, rows=2_000_000, seed=1)    # data/synthetic-2000000-s1
+    ds = resolve_dataset("data/criteo")                   # read and checked, never generated
 """
 
 from __future__ import annotations
@@ -19,24 +23,50 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-from ctr.data.dataset import DatasetError, read_meta
+from ctr.data.dataset import DatasetError, DatasetSchema, read_schema
 from ctr.data.synth.dataset import generate_dataset
 from ctr.data.synth.model import GENERATOR_VERSION, SynthConfig
 
-DEMO_DIR = Path(__file__).resolve().parents[3] / "data" / "synthetic-demo"
 DEMO_ROWS = 1_000_000
+DATA_ROOT_ENV = "CTR_DATA_DIR"
+_CHECKOUT = Path(__file__).resolve().parents[3]   # the source checkout, when ctr runs from one
 
 
-def _matches(meta: dict[str, Any], rows: int, seed: int) -> bool:
-    syn = meta.get("synthetic") or {}
-    return (meta.get("dataset") == "synthetic" and syn.get("version") == GENERATOR_VERSION
+def data_root() -> Path:
+    """Where generated data goes: ``$CTR_DATA_DIR``, else the source checkout's ``data/``
+    (ctr run from a clone), else ``./data`` (an installed ctr must not write into site-packages)."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env)
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "ctr" / "__init__.py").is_file():
+        return _CHECKOUT / "data"
+    return Path("data")
+
+
+def synthetic_dir(rows: int = DEMO_ROWS, seed: int = 0) -> Path:
+    """The generated dataset of ``rows`` rows and ``seed``: the demo's own name for its defaults."""
+    name = "synthetic-demo" if (rows, seed) == (DEMO_ROWS, 0) else f"synthetic-{rows}-s{seed}"
+    return data_root() / name
+
+
+def resolve_dataset(data: str | os.PathLike | None, rows: int = DEMO_ROWS,
+                    seed: int = 0) -> DatasetSchema:
+    """The dataset a command runs on: ``data`` (read and checked), or with ``data=None`` the
+    synthetic data of ``rows`` rows and ``seed``, generated on first use."""
+    if data is None:
+        data = ensure_demo_dataset(synthetic_dir(rows, seed), rows=rows, seed=seed)
+    return read_schema(data)
+
+
+def _matches(ds: DatasetSchema, rows: int, seed: int) -> bool:
+    syn = ds.meta.get("synthetic") or {}
+    return (ds.family == "synthetic" and syn.get("version") == GENERATOR_VERSION
             and syn.get("rows") == rows and syn.get("seed") == seed
             and syn.get("model") == dataclasses.asdict(SynthConfig()))
 
 
-def ensure_demo_dataset(path: str | os.PathLike = DEMO_DIR, rows: int = DEMO_ROWS,
+def ensure_demo_dataset(path: str | os.PathLike | None = None, rows: int = DEMO_ROWS,
                         seed: int = 0) -> Path:
     """The built-in synthetic dataset at ``path``: generated on first use, reused afterwards.
 
@@ -46,27 +76,27 @@ def ensure_demo_dataset(path: str | os.PathLike = DEMO_DIR, rows: int = DEMO_ROW
     a lock file beside ``path``. Prints one line saying which happened.
     """
     import fcntl
-    path = Path(path)
+    path = Path(path) if path is not None else synthetic_dir(rows, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     with open(lock, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            meta = None
+            found: DatasetSchema | None = None
             if path.exists():
                 try:
-                    meta = read_meta(path)
+                    found = read_schema(path)
                 except DatasetError:
                     if any(path.iterdir()):
                         raise FileExistsError(f"{path} exists and is not a synthetic dataset; "
                                               "move it away or pass another path") from None
-                if meta is not None and meta.get("dataset") != "synthetic":
-                    raise FileExistsError(f"{path} holds a {meta.get('dataset')!r} dataset, not "
+                if found is not None and found.family != "synthetic":
+                    raise FileExistsError(f"{path} holds a {found.family!r} dataset, not "
                                           "the synthetic demo; move it away or pass another path")
-            if meta is not None and _matches(meta, rows, seed):
+            if found is not None and _matches(found, rows, seed):
                 print(f"synthetic dataset: reusing {path} ({rows:,} rows, seed {seed})", flush=True)
                 return path
-            why = "regenerating (parameters changed)" if meta is not None else "generating"
+            why = "regenerating (parameters changed)" if found is not None else "generating"
             print(f"synthetic dataset: {why} {path} ({rows:,} rows, seed {seed}) ...",
                   end="", flush=True)
             t0 = time.perf_counter()

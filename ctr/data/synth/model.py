@@ -21,7 +21,7 @@ import dataclasses
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, cast
 
 import numpy as np
 
@@ -298,15 +298,18 @@ class PlantedModel:
 
     def _nl_parts(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, ...]:
         f1, f2, f3 = self.triple_fields
-        triple = (self._t[f1][ids[:, f1]] * self._t[f2][ids[:, f2]]).astype(np.float64) \
-            * self._t[f3][ids[:, f3]]
+        slopes = self._s[self.slope_field]
+        t1, t2, t3 = self._t[f1], self._t[f2], self._t[f3]
+        assert slopes is not None and t1 is not None and t2 is not None and t3 is not None
+        triple = (t1[ids[:, f1]] * t2[ids[:, f2]]).astype(np.float64) * t3[ids[:, f3]]
         return (np.sin(2.0 * x[:, self.sin_dense]) * x[:, self.mul_dense],
-                self._s[self.slope_field][ids[:, self.slope_field]] * x[:, self.slope_dense],
+                slopes[ids[:, self.slope_field]] * x[:, self.slope_dense],
                 triple)
 
     def _nonlinear(self, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
         parts = self._nl_parts(x, ids)
-        return sum(p / s for p, s in zip(parts, self.nl_scales)) / math.sqrt(len(parts))
+        total = cast(np.ndarray, sum(p / s for p, s in zip(parts, self.nl_scales)))
+        return total / math.sqrt(len(parts))
 
     def _calibrate(self) -> None:
         rng = seeded_rng(self.seed, STREAM_CAL)
@@ -530,10 +533,10 @@ def _ordered_map(fn, items, workers: int) -> Iterator[Any]:
             yield pending.pop(0).result()
 
 
-def _groups(fields: list[str], table: dict[str, tuple[float, str | None]]):
+def _groups(fields: list[str], table: Mapping[str, tuple[float, str | None]]) -> tuple[np.ndarray, np.ndarray]:
     rates = np.array([table.get(f, (0.0, None))[0] for f in fields])
     names = sorted({g for f in fields for g in [table.get(f, (0.0, None))[1]] if g})
-    gid = np.array([names.index(table[f][1]) if table.get(f, (0, None))[1] else -1
+    gid = np.array([names.index(g) if (g := table.get(f, (0.0, None))[1]) else -1
                     for f in fields])
     return rates, gid
 
