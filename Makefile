@@ -1,5 +1,6 @@
 # One-command set-up for ctr. `make demo` and `make test` both set up .venv first;
 # set-up is skipped when .venv is already up to date with pyproject.toml and this file.
+# Every ctr process runs with tcmalloc (else glibc's malloc tuned): see ctr/allocator.py.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,16 +21,20 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q $(FBGEMM)==1.8.0 tensordict "torchmetrics==1.0.3" tqdm pyre-extensions
 	$(BIN)/pip install -q --no-deps torchrec==1.8.0
 	$(BIN)/pip install -q -e ".[test]"
+	# tcmalloc (apt-get install libtcmalloc-minimal4 when missing, as root); without it ctr
+	# falls back to glibc tunables, so a failed install does not fail the set-up
+	$(BIN)/python -m ctr.allocator install || echo "tcmalloc not installed; ctr uses the glibc fallback"
 	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu; print('ctr set-up ok: torch', torch.__version__)"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ctr-train --model deepfm --batch 1k
 
+# pytest itself under ctr's allocator set-up (its child processes inherit it)
 test: $(STAMP)
-	# the type check ([tool.mypy] in pyproject.toml: ctr/), then the suite
+	# the type check ([tool.mypy] in pyproject.toml: ctr/), then the suite under ctr's allocator
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m ctr.allocator run -- $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_train.py

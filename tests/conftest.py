@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ctr import allocator
+
+# The processes the tests start (ctr-train, torchrun workers, sweep cells) run under ctr's
+# allocator set-up from their first instruction, as `make test` runs pytest itself.
+os.environ.update(allocator.plan().changes)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Where the device-independent tests put their tensors and models.
 DEVICE = torch.device(os.environ.get("CTR_TEST_DEVICE", "cpu"))

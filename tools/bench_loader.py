@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ctr import allocator  # noqa: E402
 from ctr.data.loader import BatchLoader, SplitTensors  # noqa: E402
 from ctr.optim.scaling import format_batch, parse_batch  # noqa: E402
 
@@ -36,6 +37,7 @@ def rss_mb() -> float:
 
 
 def main() -> int:
+    allocator.ensure(main)   # first: may restart this process once (ctr/allocator.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="processed dataset")
     p.add_argument("--rows", type=int, help="generate a synthetic dataset of this many rows first")
@@ -54,6 +56,7 @@ def main() -> int:
             t0 = time.time()
             generate_dataset(data_dir, args.rows, seed=0, overwrite=os.path.exists(data_dir))
             print(f"generated {args.rows:,} rows in {time.time() - t0:.0f}s -> {data_dir}")
+    print(f"allocator: {allocator.describe_active()}")
     base = rss_mb()
     t0 = time.time()
     data = SplitTensors.load(data_dir, "train")
@@ -79,7 +82,8 @@ def main() -> int:
     result = {"data": data_dir, "rows": data.num_rows, "load_seconds": load_s, "tensor_mb": tensor_mb,
               "rss_before_mb": base, "rss_after_load_mb": held,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "threads": torch.get_num_threads(), "batches": rows}
+              "threads": torch.get_num_threads(), "allocator": allocator.active_allocator(),
+              "batches": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ctr import allocator  # noqa: E402
+
 KAGGLE_ROWS = 45_840_617
 KAGGLE_BYTES = 11_147_184_845  # train.txt
 
@@ -53,6 +55,7 @@ def make_raw(path: Path, rows: int, seed: int) -> str:
 
 _CHILD = r"""
 import json, resource, sys, time
+from ctr.allocator import describe_active
 from ctr.data.preprocess import preprocess
 args = json.loads(sys.argv[1])
 stats = {}
@@ -67,11 +70,13 @@ stats["cpu_seconds"] = ru.ru_utime + ru.ru_stime
 stats["vocab_total"] = sum(meta["vocab_sizes"].values())
 stats["vocab_max"] = max(meta["vocab_sizes"].values())
 stats["splits"] = {k: v["rows"] for k, v in meta["splits"].items()}
+stats["allocator"] = describe_active()
 print("@@RESULT@@" + json.dumps(stats))
 """
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.ensure(main, argv)   # first: may restart this process once (ctr/allocator.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=KAGGLE_ROWS)
     p.add_argument("--workdir", default="/tmp/ctr-bench-preprocess")
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "extrapolated_kaggle_seconds": stats["seconds"] * scale,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
+        "allocator": stats["allocator"],   # the preprocessing child's (inherited from this process)
     }
     cmd = "python tools/bench_preprocess.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     result["command"] = cmd.strip()
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.json) if args.json else work / "bench_preprocess.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"\nresult: {path}\nreproduce: {result['command']}")
+    print(f"\nallocator: {result['allocator']}\nresult: {path}\nreproduce: {result['command']}")
     return 0
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ctr import allocator  # noqa: E402
 from ctr.data.loader import BatchLoader  # noqa: E402
 from ctr.optim.scaling import format_batch, parse_batch  # noqa: E402
 from ctr.train.config import load_config  # noqa: E402
@@ -112,6 +113,7 @@ def bench(args) -> list[dict]:
 
 
 def main() -> int:
+    allocator.ensure(main)   # first: may restart this process once (ctr/allocator.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="1k,8k,64k")
     p.add_argument("--model", default="deepfm")
@@ -132,7 +134,7 @@ def main() -> int:
         args.data = str(resolve_dataset(None).path)
     rows = bench(args)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads"
+              f"{torch.get_num_threads()} threads, allocator {allocator.describe_active()}"
     print(f"\n{args.model} on {args.data} ({rows[0]['table_rows']:,} table rows); {machine}")
     print("| batch | backend | ctr samples/s | DNN-alone floor samples/s | ctr / floor | CowClip ms/step (share) | "
           "batch assembly ms | step / assembly |")
@@ -147,7 +149,8 @@ def main() -> int:
           f"--model {args.model} --data {args.data}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "data": args.data, "rows": rows}, f, indent=2)
+            json.dump({"machine": machine, "allocator": allocator.active_allocator(), "data": args.data,
+                       "rows": rows}, f, indent=2)
     return 0
 
 

@@ -55,6 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ctr import allocator  # noqa: E402
 from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, LABEL, DatasetSchema, DatasetWriter, read_schema  # noqa: E402
 from ctr.data.loader import BatchLoader  # noqa: E402
 from ctr.optim.scaling import format_batch, parse_batch  # noqa: E402
@@ -211,7 +212,8 @@ def bench_batch(data: str, batch: int, device: str, steps: int, warmup: int, mod
 
 def machine(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "platform": platform.platform(), "cpus": os.cpu_count(), "device": device}
+                            "platform": platform.platform(), "cpus": os.cpu_count(), "device": device,
+                            "allocator": allocator.describe_active()}
     if device == "cuda" and torch.cuda.is_available():
         info.update({"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
                      "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 2**30})
@@ -284,7 +286,7 @@ def cmd_cowclip(args) -> int:
 def throughput_table(r: dict[str, Any]) -> str:
     lines = [f"{r['model']}, embedding backend {r['backend']}, {r['table_rows']:,} table rows, "
              f"{r['rows']:,} train rows; {r['machine'].get('gpu', r['machine']['device'])}, torch "
-             f"{r['machine']['torch']}", "",
+             f"{r['machine']['torch']}, allocator {r['machine'].get('allocator', '?')}", "",
              "| batch | samples/s | step ms | assembly | to device | forward | backward | optimizer "
              "| CowClip alone | peak memory MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows_by_batch"]:
@@ -350,6 +352,7 @@ def _write(path: str | None, obj: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.ensure(main, argv)   # first: may restart this process once (ctr/allocator.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     batches = lambda s: [parse_batch(b) for b in s.split(",") if b.strip()]  # noqa: E731

@@ -46,6 +46,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ctr-gpu-check.XXXXXX") || exit 1
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1 CTR_TEST_DEVICE="$DEVICE"
+# every phase under ctr's allocator set-up (ctr/allocator.py: tcmalloc, else glibc tunables)
+while IFS= read -r kv; do [ -n "$kv" ] && export "$kv"; done < <("$PY" -m ctr.allocator env)
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 : > "$WORK/phases"
@@ -72,6 +74,7 @@ phase() {
     echo "device: $DEVICE"
     echo "sizes: batches=$BATCHES table_rows=$TABLE_ROWS bench_rows=$BENCH_ROWS steps=$STEPS synth_rows=$SYNTH_ROWS cowclip_batches=$COWCLIP_BATCHES epochs=$EPOCHS"
     command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    "$PY" -m ctr.allocator show
     "$PY" - <<'PYEOF'
 import importlib, platform, sys
 import torch

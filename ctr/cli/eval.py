@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ctr import allocator
 from ctr.data.dataset import SPLITS, DatasetError, read_schema
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS
 from ctr.exitcodes import EXIT_OK, EXIT_USAGE
@@ -27,6 +28,7 @@ from ctr.fsutil import write_json_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.ensure(main, argv)   # first: may restart this process once (ctr/allocator.py)
     p = argparse.ArgumentParser(prog="ctr-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run directory made by ctr-train")

@@ -25,6 +25,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
+from ctr import allocator
 from ctr.data.encoding import ENCODINGS
 from ctr.data.raw import FORMATS, RawInputError
 from ctr.data.transforms import DENSE_TRANSFORMS
@@ -99,6 +100,7 @@ def _synth(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.ensure(main, argv)   # first: may restart this process once (ctr/allocator.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         with _sigterm_as_interrupt():

@@ -21,6 +21,7 @@ import shlex
 import signal
 import sys
 
+from ctr import allocator
 from ctr.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 
@@ -29,6 +30,7 @@ def _list(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.ensure(main, argv)   # first: may restart this process once (ctr/allocator.py)
     p = argparse.ArgumentParser(prog="ctr-sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick", help="quick | cpu | paper | a YAML path")

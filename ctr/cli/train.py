@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from ctr import allocator
 from ctr.data.dataset import DatasetError
 from ctr.exitcodes import EXIT_USAGE, exit_code_for_status
 from ctr.optim.scaling import format_batch
@@ -118,6 +119,7 @@ def _check_backend_before_launch(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.ensure(main, argv)   # first: may restart this process once (ctr/allocator.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     worker = "RANK" in os.environ   # a torchrun worker: the launcher did the checks and holds the lock

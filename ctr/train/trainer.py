@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ctr.allocator import active_allocator, describe_active
 from ctr.data.dataset import DatasetError, read_schema
 from ctr.data.loader import BatchLoader, BatchSource, SplitTensors
 from ctr.distributed.choices import check_backend_sharding, resolve_embedding_backend
@@ -152,7 +153,7 @@ class Trainer:
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
                  f"warmup {self.opt.warmup_steps} steps; {env.world_size} rank(s) on {env.device} ({env.backend}), "
-                 f"embedding backend {cfg.embedding_backend}")
+                 f"embedding backend {cfg.embedding_backend}, allocator {describe_active()}")
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.done_seconds, self.done_samples = 0.0, 0   # training time and samples before a resume
         self.metrics_log: list[dict[str, Any]] = []
@@ -341,7 +342,8 @@ class Trainer:
         summary: dict[str, Any] = {"status": status, "message": message, "model": cfg.model,
                                    "batch": cfg.batch, "scaling": cfg.scaling, "epochs": cfg.epochs,
                                    "global_steps": self.global_step, "world_size": world,
-                                   "device": str(env.device), "hparams": self.hp.__dict__}
+                                   "device": str(env.device), "allocator": active_allocator(),
+                                   "hparams": self.hp.__dict__}
         oracle = self.dataset.oracle_test_auc
         if status == "ok":
             test = self.evaluate(self.test_data)
