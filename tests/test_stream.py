@@ -216,10 +216,13 @@ def test_memory_held_is_bounded_by_the_window_not_the_split(rows_ds):
     layout = SplitLayout(rows_ds, "train")
     for streams, buffer in ((1, 100), (2, 64), (1, 300)):
         ld = StreamLoader(layout, 50, streams=streams, shuffle_buffer=buffer)
-        for _ in ld.epoch(0):
-            pass
+        for epoch in range(3):
+            for _ in ld.epoch(epoch, start_step=epoch):
+                pass
         assert 0 < ld.peak_resident_rows <= 2 * max(buffer, 64) * streams
         assert ld.peak_resident_rows + 5 * 50 <= ld.resident_bound_rows() < 1000
+        # two buffers per stream, made once and reused by every window of every epoch
+        assert [p.made for p in ld._pools.values()] == [2] * streams
 
 
 MEASURE = textwrap.dedent('''

@@ -38,8 +38,9 @@ order (other rows each epoch). Every rank yields the same number of steps.
 **Memory bound** per rank: for each of its V/W streams two windows (the one in use and the next,
 each at most max(C, one row group) rows) plus PREFETCH local batches, at
 ``DatasetSchema.row_bytes`` per row (160 B for Criteo): about 2·C·160 B = 320 MB per stream at the
-default C = 1Mi rows, whatever the split's size. A row group on the boundary of two streams'
-ranges is read by both (each keeps its part).
+default C = 1Mi rows, whatever the split's size. The two windows' buffers are reused from window
+to window and epoch to epoch (:class:`BufferPool`), so the RSS stays flat across epochs too. A row
+group on the boundary of two streams' ranges is read by both (each keeps its part).
 
 **Bad input** is an error naming the file, never a skipped part: at start, a missing or
 unreadable file, a missing or non-numeric column, row counts that differ from ``meta.json``
@@ -254,17 +255,54 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([k % 2**63 for k in key])))
 
 
-class _Window:
-    """Consecutive pieces of one stream, read into one block of rows, used in ``perm`` order."""
+# One window's storage: ids [n, F], dense [n, D], labels [n], and its permutation [n]
+Buffers = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-    def __init__(self, layout: SplitLayout, pieces: list[Piece], perm: np.ndarray | None):
-        self.layout, self.todo = layout, list(pieces)
+
+class BufferPool:
+    """Window storage of one stream, reused from window to window and epoch to epoch: the
+    steady state allocates nothing large. (Allocating each window afresh made the RSS creep by
+    ~50 MB an epoch: glibc raises its mmap threshold after the first large free, and the
+    windows then fragment the heap.)"""
+
+    def __init__(self, layout: SplitLayout, rows: int):
+        self.layout, self.rows = layout, rows
+        self.free: list[Buffers] = []
+        self.made = 0
+        self._lock = threading.Lock()
+
+    def get(self, rows: int) -> Buffers:
+        with self._lock:
+            while self.free:
+                b = self.free.pop()
+                if len(b[2]) >= rows:
+                    return b
+            self.made += 1
+        n = max(rows, self.rows)
+        return (np.empty((n, len(self.layout.sparse)), dtype=np.int32),
+                np.empty((n, len(self.layout.dense)), dtype=np.float32),
+                np.empty(n, dtype=np.float32), np.empty(n, dtype=np.int64))
+
+    def put(self, b: Buffers) -> None:
+        with self._lock:
+            self.free.append(b)
+
+
+class _Window:
+    """Consecutive pieces of one stream, read into one block of rows, used in a permuted order
+    drawn from ``rng`` (None: in order)."""
+
+    def __init__(self, layout: SplitLayout, pieces: list[Piece], rng: np.random.Generator | None,
+                 buffers: Buffers):
+        self.layout, self.todo, self.buffers = layout, list(pieces), buffers
         self.rows = sum(p.rows for p in pieces)
-        self.ids = np.empty((self.rows, len(layout.sparse)), dtype=np.int32)
-        self.dense = np.empty((self.rows, len(layout.dense)), dtype=np.float32)
-        self.labels = np.empty(self.rows, dtype=np.float32)
+        self.ids, self.dense, self.labels, perm = (a[:self.rows] for a in buffers)
         self.filled = 0
-        self.perm = torch.from_numpy(perm) if perm is not None else None
+        self.perm = None
+        if rng is not None:                 # rng.permutation(rows), in place
+            perm[:] = np.arange(self.rows) if self.rows > len(_ARANGE) else _ARANGE[:self.rows]
+            rng.shuffle(perm)
+            self.perm = torch.from_numpy(perm)
 
     @property
     def complete(self) -> bool:
@@ -282,11 +320,15 @@ class _Window:
         return self
 
     def take(self, pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``pos .. pos+n`` of the window's order, as copies (the buffers are reused)."""
         arrays = (self.ids, self.dense, self.labels)
-        if self.perm is None:   # in order: copies, so a batch does not keep the window alive
+        if self.perm is None:
             return tuple(torch.from_numpy(a[pos:pos + n].copy()) for a in arrays)  # type: ignore[return-value]
         idx = self.perm[pos:pos + n]
         return tuple(torch.from_numpy(a).index_select(0, idx) for a in arrays)  # type: ignore[return-value]
+
+
+_ARANGE = np.arange(1 << 21)   # read-only source of the permutations' identity (no per-window arange)
 
 
 class _StreamOrder:
@@ -308,28 +350,39 @@ class _StreamOrder:
         sizes = [sum(p.rows for p in w) for w in self.windows]
         self.starts = [0] + list(np.cumsum(sizes)[:-1]) if sizes else []
 
-    def window(self, w: int) -> _Window:
-        rows = sum(p.rows for p in self.windows[w])
-        perm = _rng(*self.key, 1, w).permutation(rows) if self.key is not None else None
-        return _Window(self.layout, self.windows[w], perm)
+    def window(self, w: int, pool: BufferPool) -> _Window:
+        pieces = self.windows[w]
+        rng = _rng(*self.key, 1, w) if self.key is not None else None
+        return _Window(self.layout, pieces, rng, pool.get(sum(p.rows for p in pieces)))
 
 
 class _Cursor:
-    """Reads one stream's epoch order from a row offset on."""
+    """Reads one stream's epoch order from a row offset on; its windows' storage comes from and
+    goes back to the stream's :class:`BufferPool` (two buffers in turn)."""
 
-    def __init__(self, order: _StreamOrder, offset: int):
-        self.order = order
+    def __init__(self, order: _StreamOrder, offset: int, pool: BufferPool):
+        self.order, self.pool = order, pool
         self.w = bisect.bisect_right(order.starts, offset) - 1
-        self.cur = order.window(self.w).finish() if self.w >= 0 else None
+        self.cur = order.window(self.w, pool).finish() if self.w >= 0 else None
         self.pos = offset - order.starts[self.w] if self.w >= 0 else 0
         self.next: _Window | None = None
+
+    def _window(self, w: int) -> _Window:
+        return self.order.window(w, self.pool)
+
+    def release(self) -> None:
+        for win in (self.cur, self.next):
+            if win is not None:
+                self.pool.put(win.buffers)
+        self.cur = self.next = None
 
     def take(self, n: int) -> tuple[torch.Tensor, ...]:
         parts = []
         while n > 0:
             assert self.cur is not None
-            if self.pos == self.cur.rows:
-                self.cur = self.next.finish() if self.next is not None else self.order.window(self.w + 1).finish()
+            if self.pos == self.cur.rows:   # retire this window; its buffers serve the one after next
+                self.pool.put(self.cur.buffers)
+                self.cur = (self.next if self.next is not None else self._window(self.w + 1)).finish()
                 self.w, self.pos, self.next = self.w + 1, 0, None
             k = min(n, self.cur.rows - self.pos)
             parts.append(self.cur.take(self.pos, k))
@@ -344,12 +397,12 @@ class _Cursor:
         """One row group of the next window, so it is ready when this one runs out."""
         if self.w + 1 < len(self.order.windows):
             if self.next is None:
-                self.next = self.order.window(self.w + 1)
+                self.next = self._window(self.w + 1)
             if not self.next.complete:
                 self.next.read_one()
 
     def resident_rows(self) -> int:
-        return (self.cur.rows if self.cur is not None else 0) + (self.next.rows if self.next else 0)
+        return sum(len(win.buffers[2]) for win in (self.cur, self.next) if win is not None)
 
 
 class StreamLoader:
@@ -383,6 +436,7 @@ class StreamLoader:
         self.pieces = {v: layout.pieces(self.plan.start[v], self.plan.start[v] + self.plan.stream_rows(v))
                        for v in self.my_streams}
         self.peak_resident_rows = 0    # most window rows held at once (the memory bound's test)
+        self._pools = {v: BufferPool(layout, self._window_rows(v)) for v in self.my_streams}
 
     @property
     def num_rows(self) -> int:
@@ -396,13 +450,16 @@ class StreamLoader:
         idx = sorted({self.layout.groups[p.group].file for ps in self.pieces.values() for p in ps})
         return [self.layout.files[i] for i in idx]
 
+    def _window_rows(self, v: int) -> int:
+        """The most rows one window of stream v holds: the buffers' size."""
+        biggest = max((p.rows for p in self.pieces[v]), default=0)
+        window = max(self.shuffle_buffer, biggest) if self.shuffle else biggest
+        return min(window, sum(p.rows for p in self.pieces[v]))
+
     def resident_bound_rows(self) -> int:
         """Rows this rank holds at most: two windows per stream and the prefetched batches."""
-        biggest = max((g.rows for g in self.layout.groups), default=0)
-        window = max(self.shuffle_buffer, biggest) if self.shuffle else biggest
         local = sum(self.plan.slot[v] for v in self.my_streams)
-        held = sum(min(2 * window, sum(p.rows for p in self.pieces[v])) for v in self.my_streams)
-        return held + (self.prefetch + 2) * local
+        return sum(2 * self._window_rows(v) for v in self.my_streams) + (self.prefetch + 2) * local
 
     def rank_sizes(self, step: int) -> list[int]:
         return [sum(self.plan.size(v, step) for v in vs) for vs in self.rank_streams]
@@ -462,9 +519,11 @@ class StreamLoader:
                     continue
             return False
 
+        cursors: list[tuple[int, _Cursor]] = []
         try:
-            cursors = [(v, _Cursor(self.order(epoch, v), self.plan.offset(v, start_step)))
-                       for v in self.my_streams]
+            for v in self.my_streams:
+                cursors.append((v, _Cursor(self.order(epoch, v), self.plan.offset(v, start_step),
+                                           self._pools[v])))
             for step in range(start_step, len(self)):
                 parts = [c.take(self.plan.size(v, step)) for v, c in cursors]
                 batch = parts[0] if len(parts) == 1 else tuple(torch.cat(x) for x in zip(*parts))
@@ -476,6 +535,9 @@ class StreamLoader:
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, raised there
             put(e)
+        finally:
+            for _, c in cursors:
+                c.release()
 
 
 def _get(q: queue.Queue, reader: threading.Thread) -> Any:
