@@ -1,16 +1,23 @@
-"""Loader: memory of a split held in memory, and batch assembly time per batch size.
+"""Loaders: memory of a split held in memory and batch assembly time, or a streamed epoch's RSS.
 
-Loads the train split of a processed dataset with ``SplitTensors.load`` (the loader
-``ctr-train`` uses), reports load time and the process's peak RSS, then times
-``BatchLoader.batch`` (index gather + KeyedJaggedTensor) at each batch size. Compare the
-assembly times with the training step times of ``tools/bench_train.py``: the loader must
-be at least 10x faster than a step.
+``--loader memory`` (default): loads the train split of a processed dataset with
+``SplitTensors.load`` (``ctr-train``'s memory loader), reports load time and the process's peak
+RSS, then times ``BatchLoader.batch`` (index gather) at each batch size. Compare the assembly
+times with the training step times of ``tools/bench_train.py``: the loader must be at least 10x
+faster than a step.
+
+``--loader stream``: streams one epoch of the train split with ``StreamLoader`` (``ctr-train
+--loader stream``) at the first batch size and reports rows/s and the RSS before and during the
+epoch (sampled every 10 batches): it stays flat, bounded by the shuffle window, however large
+the split.
 
 Usage::
 
     python tools/bench_loader.py --data data/criteo-shaped          # any processed dataset
     python tools/bench_loader.py --rows 45840617 --workdir /tmp/x   # generate the Criteo-sized
                                                                     # synthetic dataset first
+    python tools/bench_loader.py --data data/criteo-shaped --loader stream --batches 8k \
+        --shuffle-buffer 262144
 """
 
 from __future__ import annotations
@@ -36,6 +43,39 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def stream_epoch(data_dir: str, batch: int, shuffle_buffer: int, json_out: str | None) -> int:
+    from ctr.data.dataset import read_schema
+    from ctr.data.stream import SplitLayout, StreamLoader
+    ds = read_schema(data_dir)
+    base = rss_mb()
+    layout = SplitLayout(ds, "train")
+    loader = StreamLoader(layout, batch, seed=0, shuffle_buffer=shuffle_buffer)
+    split_mb = layout.rows * ds.row_bytes / 2**20
+    t0 = time.perf_counter()
+    peak, rows, first_mb = 0.0, 0, 0.0
+    for i, b in enumerate(loader.epoch(0)):
+        rows += b.labels.numel()
+        if i == 0:
+            first_mb = rss_mb()
+        if i % 10 == 0:
+            peak = max(peak, rss_mb())
+    dt = time.perf_counter() - t0
+    result = {"data": data_dir, "rows": rows, "groups": len(layout.groups), "batch": batch,
+              "shuffle_buffer": shuffle_buffer, "split_in_memory_mb": split_mb, "rss_before_mb": base,
+              "rss_first_batch_mb": first_mb, "rss_peak_during_epoch_mb": peak,
+              "peak_window_rows": loader.peak_resident_rows,
+              "bound_mb": loader.resident_bound_rows() * ds.row_bytes / 2**20,
+              "seconds": dt, "rows_per_s": rows / dt, "threads": torch.get_num_threads()}
+    print(f"streamed {rows:,} rows ({len(layout.groups)} row groups, {split_mb:,.0f} MB in memory) in "
+          f"{dt:.1f}s ({rows / dt:,.0f} rows/s) at batch {format_batch(batch)}, window {shuffle_buffer:,} "
+          f"rows; RSS {base:,.0f} MB before, {first_mb:,.0f} MB at the first batch, peak {peak:,.0f} MB "
+          f"during the epoch (bound of the loader's rows: {result['bound_mb']:,.0f} MB)")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def main() -> int:
     allocator.ensure(main)   # first: may restart this process once (ctr/allocator.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,6 +84,8 @@ def main() -> int:
     p.add_argument("--workdir", default="/tmp/ctr-bench-loader")
     p.add_argument("--batches", default="1k,8k,64k,128k")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--loader", choices=("memory", "stream"), default="memory")
+    p.add_argument("--shuffle-buffer", type=int, default=1 << 20, help="stream: rows per window")
     p.add_argument("--json")
     args = p.parse_args()
     data_dir = args.data
@@ -57,6 +99,8 @@ def main() -> int:
             generate_dataset(data_dir, args.rows, seed=0, overwrite=os.path.exists(data_dir))
             print(f"generated {args.rows:,} rows in {time.time() - t0:.0f}s -> {data_dir}")
     print(f"allocator: {allocator.describe_active()}")
+    if args.loader == "stream":
+        return stream_epoch(data_dir, parse_batch(args.batches.split(",")[0]), args.shuffle_buffer, args.json)
     base = rss_mb()
     t0 = time.time()
     data = SplitTensors.load(data_dir, "train")

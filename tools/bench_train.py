@@ -37,7 +37,6 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ctr import allocator  # noqa: E402
-from ctr.data.loader import BatchLoader  # noqa: E402
 from ctr.optim.scaling import format_batch, parse_batch  # noqa: E402
 from ctr.train.config import load_config  # noqa: E402
 from ctr.train.trainer import Trainer  # noqa: E402
@@ -77,7 +76,7 @@ def bench(args) -> list[dict]:
                                                               "embedding_backend": backend})
         tr = Trainer(cfg, quiet=True)
         tr.setup()
-        loader = BatchLoader(tr.train_data, batch, seed=0)
+        loader = tr.loader   # the run's own loader (memory or stream, as --loader chose)
         it = iter(loader.epoch(0))
 
         def next_batch():

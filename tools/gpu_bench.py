@@ -57,7 +57,6 @@ import torch.nn.functional as F  # noqa: E402
 
 from ctr import allocator  # noqa: E402
 from ctr.data.dataset import CRITEO_DENSE, CRITEO_SPARSE, LABEL, DatasetSchema, DatasetWriter, read_schema  # noqa: E402
-from ctr.data.loader import BatchLoader  # noqa: E402
 from ctr.optim.scaling import format_batch, parse_batch  # noqa: E402
 
 BACKEND = "torch"
@@ -142,7 +141,7 @@ def bench_batch(data: str, batch: int, device: str, steps: int, warmup: int, mod
     setup_s = time.perf_counter() - t0
     dev = tr.env.device
     sync = _sync(dev)
-    loader = BatchLoader(tr.train_data, batch, seed=0)
+    loader = tr.loader   # the run's own loader (memory or stream, as the config chose)
     epoch = [0]
     it = iter(loader.epoch(0))
 

@@ -6,8 +6,9 @@ Example::
     ctr-eval --run runs/deepfm-128K-cowclip --data data/other --json out.json
 
 Loads the run's latest checkpoint in one process (the checkpoint is keyed by table rows, so
-a run trained on N ranks evaluates on one), prints the metrics and writes them as JSON
-(default ``RUN/eval-<split>.json``).
+a run trained on N ranks evaluates on one), reads the split in memory or streamed a row group
+at a time (``--loader``; auto: in memory when it fits half the available memory), prints the
+metrics and writes them as JSON (default ``RUN/eval-<split>.json``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from ctr import allocator
 from ctr.data.dataset import SPLITS, DatasetError, read_schema
+from ctr.data.source import LOADERS
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS
 from ctr.exitcodes import EXIT_OK, EXIT_USAGE
 from ctr.argtypes import positive_int
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="torchrec or torch (plain PyTorch); auto: torchrec where it imports. Either "
                    "one reads a checkpoint of either")
     p.add_argument("--batch", type=positive_int, help="evaluation batch (default: the run's eval_batch)")
+    p.add_argument("--loader", default="auto", choices=LOADERS,
+                   help="memory: the split read into memory; stream: a row group at a time (bounded "
+                   "memory); auto: memory when it fits half the available memory. Same metrics")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval-SPLIT.json)")
     args = p.parse_args(argv)
     from ctr.train.checkpoint import CheckpointError
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         metrics = evaluate_run(args.run, args.data, args.split, args.device, args.batch,
-                               args.embedding_backend)
+                               args.embedding_backend, args.loader)
     except (DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"ctr-eval: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -63,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int | None = None,
-                 embedding_backend: str = "auto") -> dict:
-    """The metrics of ``run``'s latest checkpoint on ``split``, in one process."""
+                 embedding_backend: str = "auto", loader: str = "auto") -> dict:
+    """The metrics of ``run``'s latest checkpoint on ``split``, in one process; ``loader``:
+    memory, stream or auto (:func:`ctr.data.source.choose_loader` for this split alone)."""
     from ctr.distributed.choices import resolve_embedding_backend
 
-    from ctr.data.loader import SplitTensors
+    from ctr.data.source import choose_loader, eval_source
     from ctr.distributed.env import init_distributed, shutdown_distributed
     from ctr.models import ModelConfig
     from ctr.train.build import build_model_parts
@@ -104,12 +110,13 @@ def evaluate_run(run: str, data: str | None, split: str, device: str, batch: int
             raise DatasetError(f"{cfg_file}: bad model_config ({e})") from e
         parts = build_model_parts(cfg["model"], settings, dataset, env, "auto", embedding_backend=backend)
         ckpt.restore_(state, parts.module, parts.groups, None)
-        split_data = SplitTensors.load(dataset, split)
-        probs, labels = predict(parts.module, split_data, batch or int(cfg.get("eval_batch") or TrainConfig.eval_batch), env)
+        kind, _ = choose_loader(dataset, loader, splits=(split,))
+        source = eval_source(kind, dataset, split, batch or int(cfg.get("eval_batch") or TrainConfig.eval_batch), env)
+        probs, labels = predict(parts.module, source, env)
     finally:
         shutdown_distributed()
     metrics = {"run": str(run_dir), "data": str(data), "split": split, "model": cfg["model"],
-               "embedding_backend": backend, **click_metrics(labels, probs), "seconds": time.time() - t0}
+               "embedding_backend": backend, "loader": kind, **click_metrics(labels, probs), "seconds": time.time() - t0}
     return metrics
 
 

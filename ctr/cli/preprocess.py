@@ -26,6 +26,7 @@ import sys
 from contextlib import contextmanager
 
 from ctr import allocator
+from ctr.data.dataset import ROW_GROUP_ROWS
 from ctr.data.encoding import ENCODINGS
 from ctr.data.raw import FORMATS, RawInputError
 from ctr.data.transforms import DENSE_TRANSFORMS
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip malformed rows (counted and listed in meta.json) instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--row-group-rows", type=positive_int, default=ROW_GROUP_ROWS, metavar="N",
+                   help="rows per Parquet row group, the unit the streaming loader gives a rank "
+                   f"(default {ROW_GROUP_ROWS:,}; smaller for more ranks on a small dataset)")
     p.add_argument("--block-mb", type=positive_int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bars and no summary")
     return p
@@ -123,7 +127,7 @@ def _preprocess(args: argparse.Namespace) -> int:
                           encoding=args.encoding, min_count=args.min_count,
                           hash_buckets=args.hash_buckets, skip_bad_rows=args.skip_bad_rows,
                           overwrite=args.overwrite, progress=not args.quiet,
-                          block_bytes=args.block_mb << 20)
+                          block_bytes=args.block_mb << 20, row_group_rows=args.row_group_rows)
     except RawInputError as e:
         msg = str(e)
         if getattr(e, "skippable", False):

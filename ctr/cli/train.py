@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 _check_resume_config(run_dir, cfg)
         if args.nproc > 1 and not worker:
             _check_backend_before_launch(cfg)
+            if cfg.loader_streams is not None and cfg.loader_streams % args.nproc:
+                raise ConfigError(f"--loader-streams {cfg.loader_streams} is not a multiple of "
+                                  f"--nproc {args.nproc}: each rank reads the same number of streams")
             from ctr.distributed.env import launch_workers
             child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]
             fd = run_lock_fd(run_dir)

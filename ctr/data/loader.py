@@ -20,8 +20,9 @@ The last partial batch is kept by default (``drop_last=False``): the loss is the
 the rows actually present, so it is a smaller but unbiased step. Pass ``drop_last=True``
 to keep every step at exactly the requested batch size.
 
-A streaming reader (Criteo 1TB days) can replace :class:`SplitTensors` by providing the same
-``num_rows`` / ``gather(index)`` interface.
+This is the ``memory`` loader of :mod:`ctr.data.source`; a split too large for every rank to
+hold (Criteo 1TB) is streamed instead by :mod:`ctr.data.stream`, behind the same
+:class:`BatchSource` interface.
 
 Example::
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +48,9 @@ from ctr.data.dataset import DatasetError, DatasetSchema, read_schema
 
 if TYPE_CHECKING:
     from torchrec import KeyedJaggedTensor
+
+    from ctr.data.source import RunData
+    from ctr.distributed.env import DistEnv
 
 
 @dataclass
@@ -76,16 +80,25 @@ class Batch:
                      self.global_ids.to(device, non_blocking=True), self.global_size, self.keys)
 
 
+@runtime_checkable
 class BatchSource(Protocol):
     """What the trainer needs of a loader: this rank's batches of an epoch, resumable at a step.
 
-    :class:`BatchLoader` (a split in memory) is one; a streaming reader is another. ``epoch(e,
-    k)`` must yield the same batches for the same ``(e, k)`` on every call, so a resumed run
-    replays what an uninterrupted one would have seen."""
+    :class:`BatchLoader` (a split in memory) is one; :class:`ctr.data.stream.StreamLoader`
+    (this rank's row groups, streamed) is another. ``len()`` is the steps per epoch, the same
+    on every rank. ``epoch(e, k)`` must yield the same batches for the same ``(e, k)`` on every
+    call, so a resumed run replays what an uninterrupted one would have seen. ``position(e, k)``
+    is what a checkpoint records of the data consumed up to step ``k`` of epoch ``e`` (JSON);
+    ``check_position`` raises ``ValueError`` (saying why) when a recorded position cannot be
+    replayed by this loader (another loader, another layout of the files)."""
 
     def __len__(self) -> int: ...
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]: ...
+
+    def position(self, epoch: int, step: int) -> dict[str, Any]: ...
+
+    def check_position(self, saved: dict[str, Any]) -> None: ...
 
 
 class SplitTensors:
@@ -182,6 +195,15 @@ class BatchLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(n, generator=g)
 
+    def position(self, epoch: int, step: int) -> dict[str, Any]:
+        """The order is a function of (seed, epoch, rows): the step is all a resume needs."""
+        return {"loader": "memory", "epoch": epoch, "step": step, "rows": self.data.num_rows,
+                "batch": self.batch_size}
+
+    def check_position(self, saved: dict[str, Any]) -> None:
+        _check_same(saved, self.position(int(saved.get("epoch", 0)), int(saved.get("step", 0))),
+                    ("loader", "rows", "batch"))
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         perm = self.order(epoch)
         for step in range(start_step, len(self)):
@@ -198,3 +220,29 @@ class BatchLoader:
         else:
             local_ids = ids
         return Batch(dense, local_ids, labels, ids, int(index.numel()), self.data.sparse_fields)
+
+
+def _check_same(saved: dict[str, Any], now: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Raises ValueError naming the keys of a recorded loader position that differ from now."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+    if diffs:
+        raise ValueError("the checkpoint's data position cannot be replayed by this loader ("
+                         + "; ".join(diffs) + ")")
+
+
+def open_memory_data(ds: DatasetSchema, batch: int, seed: int, drop_last: bool, env: DistEnv,
+                     positive_rate: float) -> RunData:
+    """The ``memory`` loader of a run: train, test and (when it is its own split) valid read
+    into this rank's memory now; evaluation batches slice them in order."""
+    from ctr.data.source import RunData, stored_splits
+    held = {name: SplitTensors.load(ds, name) for name in stored_splits(ds)}
+    train = BatchLoader(held[ds.resolve_split("train")], batch, shuffle=True, seed=seed,
+                        drop_last=drop_last, rank=env.rank, world_size=env.world_size)
+
+    def evaluation(split: str, eval_batch: int) -> BatchSource:
+        data = held.get(ds.resolve_split(split)) or SplitTensors.load(ds, split)
+        return BatchLoader(data, max(eval_batch, env.world_size), shuffle=False, rank=env.rank,
+                           world_size=env.world_size)
+
+    mb = sum(d.num_rows for d in held.values()) * ds.row_bytes / 2**20
+    return RunData("memory", train, evaluation, positive_rate, f"{mb:,.0f} MB of splits held by each rank")

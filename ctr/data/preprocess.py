@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ctr.data.dataset import LABEL, DatasetWriter, read_meta
+from ctr.data.dataset import LABEL, ROW_GROUP_ROWS, DatasetWriter, read_meta
 from ctr.data.encoding import CategoricalEncoder
 from ctr.data.raw import (BAD_SHARE_MIN_ROWS, BLOCK_BYTES, RawInputError, RawReader,
                          check_bad_share, detect_format)
@@ -182,7 +182,8 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
                hash_buckets: int | None = None, skip_bad_rows: bool = False,
                overwrite: bool = False, progress: bool = True, block_bytes: int = BLOCK_BYTES,
                rows_per_file: int = 4_000_000, parse_threads: bool = True,
-               avazu_hour: str = "raw", stats: dict[str, Any] | None = None) -> dict[str, Any]:
+               avazu_hour: str = "raw", stats: dict[str, Any] | None = None,
+               row_group_rows: int = ROW_GROUP_ROWS) -> dict[str, Any]:
     """Builds the processed dataset ``out`` from raw ``inputs``; returns its ``meta.json``.
 
     ``avazu_hour``: ``"raw"`` keeps Avazu's ``YYMMDDHH`` as one field (the reference's 22),
@@ -191,7 +192,8 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
     Raises :class:`RawInputError` for bad input (unless ``skip_bad_rows``),
     :class:`FileExistsError` if ``out`` exists and not ``overwrite``, :class:`ValueError`
     for bad options. Nothing is left at ``out`` unless the whole run succeeds.
-    ``stats``, if given, receives per-pass timings (for the benchmark).
+    ``stats``, if given, receives per-pass timings (for the benchmark). ``row_group_rows``:
+    rows per Parquet row group (:class:`~ctr.data.dataset.DatasetWriter`).
     """
     t_start = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike)):
@@ -227,7 +229,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
     total_bytes = sum(os.path.getsize(f.path) for f in fmts)
 
     with DatasetWriter(out, overwrite=overwrite, rows_per_file=rows_per_file,
-                       protect=inputs + (labels or [])) as writer:
+                       protect=inputs + (labels or []), row_group_rows=row_group_rows) as writer:
         # ---------------------------------------------------------------- pass 1
         encoder = CategoricalEncoder(sparse_fields, kind=kind, min_count=min_count or 1,
                                      buckets=hash_buckets)

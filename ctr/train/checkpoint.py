@@ -55,7 +55,14 @@ LATEST = "latest.json"
 # Settings that must match for a checkpoint to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("model", "batch", "base_batch", "seed", "scaling", "hparams", "batch_overrides",
                "model_config", "cowclip_lower_bound", "cowclip_warmup_epochs", "adam_epsilon_form",
-               "adam_epsilon", "dense_l2", "warmup_form", "drop_last", "data")
+               "adam_epsilon", "dense_l2", "warmup_form", "drop_last", "data", "loader")
+# The streaming loader's order also depends on these (compared when the run streamed).
+STREAM_RESUME_KEYS = ("loader_streams", "shuffle_buffer")
+# Resolved at a run's start; unresolved now (the launcher checks before the workers resolve),
+# they take the run's recorded value, so they match whatever it was.
+UNRESOLVED = {"loader": "auto", "loader_streams": None}
+# A checkpoint from before a key existed ran with this value.
+BEFORE_KEY = {"loader": "memory"}
 PROGRESS_KEYS = ("epoch", "step", "global_step")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 _DIR_RE = re.compile(r"^step-\d{9}-[0-9a-f]{8}$")
@@ -246,6 +253,8 @@ def _load_latest(run_dir: str | Path) -> dict[str, Any]:
     for k in ("train_seconds", "samples"):
         if isinstance(info.get(k), (int, float)):
             merged["progress"][k] = info[k]
+    if isinstance(info.get("data"), dict):   # the loader's position (the batches consumed)
+        merged["progress"]["data"] = info["data"]
     for fname in info["files"]:
         path = _checked_file(base, fname, latest)
         try:
@@ -293,9 +302,15 @@ def _check_part(part: Any, path: Path, main: bool) -> None:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], run_dir: str | Path) -> None:
     """Refuses a checkpoint made by another model or configuration, naming the differences."""
-    diffs = [k for k in RESUME_KEYS if _jsonable(saved.get(k)) != _jsonable(current.get(k))]
+    def differs(k: str) -> bool:
+        if k in UNRESOLVED and current.get(k) == UNRESOLVED[k]:
+            return False
+        return _jsonable(saved.get(k, BEFORE_KEY.get(k))) != _jsonable(current.get(k))
+    keys = RESUME_KEYS + (STREAM_RESUME_KEYS if saved.get("loader") == "stream" else ())
+    diffs = [k for k in keys if differs(k)]
     if diffs:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diffs)
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k, BEFORE_KEY.get(k))!r} vs now {current.get(k)!r}"
+                           for k in diffs)
         raise CheckpointError(f"{run_dir}: checkpoint was made with a different configuration ({detail})")
 
 

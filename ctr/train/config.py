@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ctr.data.source import DEFAULT_SHUFFLE_BUFFER, LOADERS
 from ctr.distributed.choices import EMBEDDING_BACKENDS, check_backend_sharding
 from ctr.optim.options import OptimizerOptions
 from ctr.models.config import MODEL_SETTINGS, ModelConfig
@@ -69,6 +70,13 @@ class TrainConfig:
     embedding_backend: str = "auto"
     device: str = "auto"
     drop_last: bool = False
+    # How the splits are read (ctr.data.source): auto | memory | stream. A run resolves auto at
+    # start and records the concrete loader (and the streaming loader's streams) in config.json;
+    # on --resume an unset value takes the run's recorded one.
+    loader: str = "auto"
+    loader_memory_budget: float | None = None   # GiB for all local ranks' copies; None: half the free RAM
+    loader_streams: int | None = None           # streaming: reading streams (None: the world size)
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER  # streaming: rows one stream shuffles together
     eval_batch: int = 65536
     max_steps: int | None = None       # stop early (benchmarks, smoke tests)
     out: str | None = None
@@ -97,9 +105,18 @@ class TrainConfig:
                     "eval_batch": self.eval_batch, "log_every": self.log_every}
         if self.max_steps is not None:
             positive["max_steps"] = self.max_steps
+        if self.loader_streams is not None:
+            positive["loader_streams"] = self.loader_streams
+        positive["shuffle_buffer"] = self.shuffle_buffer
         for key, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, not {value!r}")
+        if self.loader not in LOADERS:
+            raise ConfigError(f"loader must be one of {LOADERS}, not {self.loader!r}")
+        budget = self.loader_memory_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not budget >= 0):
+            raise ConfigError(f"loader-memory-budget must be a number of GiB >= 0, not {budget!r}")
         try:
             if self.embedding_backend not in EMBEDDING_BACKENDS:
                 raise ValueError(f"embedding_backend must be one of {EMBEDDING_BACKENDS}, "

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ctr.argtypes import positive_int
+from ctr.data.source import LOADERS
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS, SHARDINGS
 from ctr.models.config import MODEL_NAMES
 from ctr.optim.options import ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, WARMUP_FORMS
@@ -73,6 +74,7 @@ class Setting:
 
 _HP, _MODEL, _REF = "hyperparameters (base values, before the scaling rule)", "model", \
     "the reference's details (defaults: the reference code's; see ctr/optim/options.py)"
+_DATA = "data loading (see ctr/data/source.py)"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("batch", "run", "global batch: 1k, 128K, 131072 (K = 1024)", batch_size, group="main"),
@@ -116,6 +118,17 @@ SETTINGS: tuple[Setting, ...] = (
             positive_int, group=_MODEL),
     Setting("dcnv2_experts", "model", "DCNv2 (DCN-Mix): number of experts", positive_int, group=_MODEL),
     Setting("drop_last", "run", "drop the last partial batch of each epoch", None),
+    Setting("loader", "run", "how the splits are read: memory (each rank holds them), stream (each "
+            "rank reads its share of the row groups, bounded memory), auto: memory when the local "
+            "ranks' copies fit --loader-memory-budget", str, LOADERS, group=_DATA),
+    Setting("loader_memory_budget", "run", "GiB that the in-memory copies of this machine's ranks may "
+            "take under --loader auto (default: half of the available memory)", non_negative_float,
+            group=_DATA),
+    Setting("loader_streams", "run", "streaming: reading streams, a multiple of the ranks (default: "
+            "the ranks); a run gives the same batches on any number of ranks dividing it",
+            positive_int, group=_DATA),
+    Setting("shuffle_buffer", "run", "streaming: rows each stream shuffles together (its window of "
+            "row groups); memory per stream is about twice this many rows", positive_int, group=_DATA),
     Setting("eval_batch", "run", "evaluation batch", batch_size),
     Setting("max_steps", "run", "stop after this many steps (smoke tests)", positive_int),
 )

@@ -2,7 +2,8 @@
 
 ::
 
-    TrainConfig ──▶ Trainer.setup()   process group, dataset in memory, model, DMP plan,
+    TrainConfig ──▶ Trainer.setup()   process group, loader (ctr.data.source: the splits in
+                                      memory, or streamed per rank), model, DMP plan,
                                       deterministic table init, CTROptimizer, --resume
                 ──▶ Trainer.fit()     per epoch: steps (progress bar: loss, samples/s),
                                       valid AUC/logloss -> metrics.jsonl, checkpoint
@@ -35,8 +36,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ctr.allocator import active_allocator, describe_active
-from ctr.data.dataset import DatasetError, read_schema
-from ctr.data.loader import BatchLoader, BatchSource, SplitTensors
+from ctr.data.dataset import DatasetError, DatasetSchema, read_schema
+from ctr.data.loader import BatchSource
+from ctr.data.source import RunData, open_run_data, resolve_loader
 from ctr.distributed.choices import check_backend_sharding, resolve_embedding_backend
 from ctr.distributed.env import DistEnv, init_distributed, shutdown_distributed
 from ctr.optim.scaling import describe, format_batch
@@ -59,15 +61,13 @@ class _StopRequested(Exception):
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: SplitTensors, batch_size: int, env: DistEnv
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels of a whole split; every rank takes part (sharded tables)."""
+def predict(model: torch.nn.Module, source: BatchSource, env: DistEnv) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels of a whole split (``source``: every row once, e.g.
+    ``RunData.evaluation(split, batch)``); every rank takes part (sharded tables)."""
     was_training = model.training
     model.eval()
-    loader = BatchLoader(data, max(batch_size, env.world_size), shuffle=False,
-                         rank=env.rank, world_size=env.world_size)
     probs, labels = [], []
-    for b in loader.epoch(0):
+    for b in source.epoch(0):
         b = b.to(env.device)
         probs.append(torch.sigmoid(model(b.dense, b.ids)).float().cpu())
         labels.append(b.labels.cpu())
@@ -81,13 +81,12 @@ def predict(model: torch.nn.Module, data: SplitTensors, batch_size: int, env: Di
     return p.numpy(), y.numpy()
 
 
-LoaderFactory = Callable[[SplitTensors, TrainConfig, DistEnv], BatchSource]
+LoaderFactory = Callable[[DatasetSchema, TrainConfig, DistEnv], RunData]
 
 
-def default_loader(train: SplitTensors, cfg: TrainConfig, env: DistEnv) -> BatchSource:
-    """The in-memory loader: a seeded permutation per epoch, this rank's slice of each batch."""
-    return BatchLoader(train, cfg.batch, shuffle=True, seed=cfg.seed, drop_last=cfg.drop_last,
-                       rank=env.rank, world_size=env.world_size)
+def default_loader(dataset: DatasetSchema, cfg: TrainConfig, env: DistEnv) -> RunData:
+    """The loader ``cfg.loader`` names (memory or stream, resolved at start; ctr.data.source)."""
+    return open_run_data(dataset, cfg, env)
 
 
 class Trainer:
@@ -96,7 +95,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False,
                  make_loader: LoaderFactory | None = None):
         self.cfg, self.resume, self.quiet = cfg.validate(), resume, quiet
-        self.make_loader = make_loader   # how the train split becomes batches (default_loader)
+        self.make_loader = make_loader   # how the dataset becomes batches (default_loader)
         self.run_dir = Path(cfg.out) if cfg.out else None
         self._stop = StopSignals()   # its handlers are installed only inside fit()
 
@@ -126,30 +125,30 @@ class Trainer:
             torch.set_flush_denormal(True)
         self.dataset = dataset = read_schema(data)   # meta.json, read and checked once
         self.hp = cfg.resolved_hparams()
-        t0 = time.time()
-        self.train_data = SplitTensors.load(dataset, "train")
-        if self.train_data.num_rows == 0:
+        self.train_rows = train_rows = dataset.rows("train")
+        if train_rows == 0:
             raise DatasetError(f"{cfg.data}: the train split has no rows")
-        if cfg.batch > self.train_data.num_rows:
+        if cfg.batch > train_rows:
             raise DatasetError(f"batch {format_batch(cfg.batch)} is larger than the train split of "
-                               f"{cfg.data} ({self.train_data.num_rows:,} rows): every epoch would be "
+                               f"{cfg.data} ({train_rows:,} rows): every epoch would be "
                                "one partial step; use a smaller --batch or more data")
-        self.test_data = SplitTensors.load(dataset, "test")
+        # memory or stream (recorded in config.json); on --resume, what the run used
+        why = resolve_loader(cfg, dataset, env, self._saved_config())
+        t0 = time.time()
+        self.data = (self.make_loader or default_loader)(dataset, cfg, env)
         # The paper's protocol has no separate validation split (valid is an alias of test).
-        same = dataset.same_split("valid", "test")
-        self.valid_data = self.test_data if same else SplitTensors.load(dataset, "valid")
-        self.log(f"data {cfg.data}: train {self.train_data.num_rows:,} / valid "
-                 f"{self.valid_data.num_rows:,} / test {self.test_data.num_rows:,} rows "
-                 f"({time.time() - t0:.1f}s to load)")
+        self.log(f"data {cfg.data}: train {train_rows:,} / valid {dataset.rows('valid'):,} / test "
+                 f"{dataset.rows('test'):,} rows; loader {self.data.kind} ({why}): {self.data.note} "
+                 f"({time.time() - t0:.1f}s to open)")
         self.parts = parts = build_model_parts(cfg.model, cfg.model_settings(), dataset, env, cfg.sharding,
                                                seed=cfg.seed, embedding_backend=cfg.embedding_backend)
         self.dmp, self.groups = parts.module, parts.groups
         self.log(parts.describe_plan(env.world_size))
-        self.loader = (self.make_loader or default_loader)(self.train_data, cfg, env)
+        self.loader = self.data.train
         self.steps_per_epoch = len(self.loader)
-        self.opt = build_optimizer(cfg, self.hp, parts, self.steps_per_epoch, self.train_data.num_rows,
+        self.opt = build_optimizer(cfg, self.hp, parts, self.steps_per_epoch, train_rows,
                                    list(dataset.sparse_fields))
-        self.guard = LossGuard(float(self.train_data.labels.float().mean()))
+        self.guard = LossGuard(self.data.positive_rate)
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
                  f"warmup {self.opt.warmup_steps} steps; {env.world_size} rank(s) on {env.device} ({env.backend}), "
@@ -163,6 +162,17 @@ class Trainer:
             write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(),
                                                            "resolved_hparams": self.hp.__dict__})
 
+    def _saved_config(self) -> dict[str, Any] | None:
+        """The run's config.json on --resume (what it resolved at its start), else None."""
+        f = self.run_dir / "config.json" if self.run_dir else None
+        if not self.resume or f is None or not f.is_file():
+            return None
+        try:
+            saved = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise ckpt.CheckpointError(f"{f}: unreadable ({e})") from e
+        return saved if isinstance(saved, dict) else None
+
     def _resume(self) -> None:
         if not self.run_dir or not ckpt.has_checkpoint(self.run_dir):
             self.log("--resume: no checkpoint found, starting from scratch")
@@ -173,6 +183,11 @@ class Trainer:
         if "rng" in state:
             torch.set_rng_state(state["rng"])
         p = state["progress"]
+        if isinstance(p.get("data"), dict):   # the batches consumed: this loader must replay them
+            try:
+                self.loader.check_position(p["data"])
+            except ValueError as e:
+                raise ckpt.CheckpointError(f"{self.run_dir}: {e}") from e
         self.start_epoch, self.start_step, self.global_step = p["epoch"], p["step"], p["global_step"]
         self.done_seconds, self.done_samples = float(p.get("train_seconds", 0.0)), int(p.get("samples", 0))
         # (e, steps_per_epoch): epoch e's steps are done but not its validation; fit() does that.
@@ -205,15 +220,16 @@ class Trainer:
         return kept
 
     # ------------------------------------------------------------------ running
-    def evaluate(self, data: SplitTensors) -> dict[str, Any]:
-        probs, labels = predict(self.dmp, data, self.cfg.eval_batch, self.env)
+    def evaluate(self, split: str) -> dict[str, Any]:
+        probs, labels = predict(self.dmp, self.data.evaluation(split, self.cfg.eval_batch), self.env)
         return click_metrics(labels, probs)
 
     def _save(self, epoch: int, step: int, train_seconds: float, samples: int) -> None:
         if self.run_dir:
             ckpt.save_checkpoint(self.run_dir, self.env, self.dmp, self.groups, self.opt,
                                  {"epoch": epoch, "step": step, "global_step": self.global_step,
-                                  "train_seconds": train_seconds, "samples": samples},
+                                  "train_seconds": train_seconds, "samples": samples,
+                                  "data": self.loader.position(epoch, step)},
                                  self.cfg.to_dict())
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
@@ -304,7 +320,7 @@ class Trainer:
                     train_seconds += el
                     samples += n_epoch
                     stopped_early = cfg.max_steps is not None and self.global_step >= cfg.max_steps
-                    valid = self.evaluate(self.valid_data)
+                    valid = self.evaluate("valid")
                     row = {"epoch": epoch + 1, "global_step": self.global_step, "train_seconds": el,
                            "samples_per_second": n_epoch / max(el, 1e-9),
                            **{f"valid_{k}": v for k, v in valid.items()}}
@@ -346,7 +362,7 @@ class Trainer:
                                    "hparams": self.hp.__dict__}
         oracle = self.dataset.oracle_test_auc
         if status == "ok":
-            test = self.evaluate(self.test_data)
+            test = self.evaluate("test")
             summary.update({f"test_{k}": v for k, v in test.items()})
             self.log(f"test AUC {test.get('auc', float('nan')):.4f} logloss "
                      f"{test.get('logloss', float('nan')):.4f}"

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ctr.argtypes import positive_int
+from ctr.data.dataset import ROW_GROUP_ROWS
 from ctr.data.preprocess import SplitSpec
 from ctr.data.synth.dataset import DEFAULT_SPLIT, generate_dataset, split_spec
 from ctr.data.synth.demo import DEMO_ROWS
@@ -79,6 +81,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train,test (or train,valid,test) fractions for --format dataset, "
                              "rounded as ctr-preprocess rounds them (default 0.9,0.1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--row-group-rows", type=positive_int, default=ROW_GROUP_ROWS, metavar="N",
+                        help="rows per Parquet row group, the unit the streaming loader gives a "
+                        f"rank (--format dataset; default {ROW_GROUP_ROWS:,})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     g = parser.add_argument_group("planted model")
     g.add_argument("--positive-rate", type=float, default=d.positive_rate,
@@ -137,7 +142,8 @@ def synth_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         meta = generate_dataset(out, args.rows, seed=args.seed, split=args.split,
-                                overwrite=args.overwrite, progress=progress, **kw)
+                                overwrite=args.overwrite, progress=progress,
+                                row_group_rows=args.row_group_rows, **kw)
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

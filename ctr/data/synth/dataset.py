@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ctr.data.dataset import LABEL, DatasetWriter, read_meta
+from ctr.data.dataset import LABEL, ROW_GROUP_ROWS, DatasetWriter, read_meta
 from ctr.data.encoding import frequency_ids
 from ctr.data.preprocess import SplitSpec, _prefetch, parse_split
 from ctr.data.synth.model import STREAM_SPLIT, PlantedModel, check_rows, make_config, seeded_rng
@@ -60,6 +60,7 @@ def split_spec(split: Sequence[float] | str | SplitSpec) -> SplitSpec:
 def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
                      split: Sequence[float] | str | SplitSpec = DEFAULT_SPLIT,
                      overwrite: bool = False, progress: bool = True,
+                     rows_per_file: int = 4_000_000, row_group_rows: int = ROW_GROUP_ROWS,
                      **model_kwargs) -> dict[str, Any]:
     """Generates ``rows`` synthetic rows straight into a processed dataset at ``out_dir``.
 
@@ -69,8 +70,9 @@ def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
     float32 (the true click probability). ``split``: see :func:`split_spec`; the rows of each
     split are an exact random draw by ``seed``. Memory is bounded: two passes over
     deterministic chunks (dense statistics and id counts, then rows); the id lookups are the
-    size of each field's support. ``model_kwargs`` are :class:`SynthConfig` knobs. Returns the
-    meta written.
+    size of each field's support. ``rows_per_file`` / ``row_group_rows``: the Parquet layout
+    (:class:`~ctr.data.dataset.DatasetWriter`); the rows do not depend on it. ``model_kwargs``
+    are :class:`SynthConfig` knobs. Returns the meta written.
     """
     rows = check_rows(rows)
     spec = split_spec(split)
@@ -138,7 +140,8 @@ def generate_dataset(out_dir: str | os.PathLike, rows: int, seed: int = 0,
                 out.append((name, pa.table(cols)))
             yield out
 
-    with DatasetWriter(out_dir, overwrite=overwrite) as writer, \
+    with DatasetWriter(out_dir, overwrite=overwrite, rows_per_file=rows_per_file,
+                       row_group_rows=row_group_rows) as writer, \
             _row_bar(rows, "synth pass 2/2 (rows)", progress) as bar:
         for parts in _prefetch(tables, depth=1):
             for name, table in parts:
