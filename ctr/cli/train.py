@@ -6,6 +6,9 @@ Examples::
     ctr-train --model dcn --batch 8k --data data/criteo --epochs 10 --out runs/dcn-8k
     ctr-train --model deepfm --batch 4k --nproc 2 --sharding row_wise   # 2 processes (gloo/nccl)
     ctr-train --out runs/dcn-8k --resume ...              # continue after Ctrl-C or a crash
+    # 2 hosts x 8 processes; run on each host with its --node-rank, --out on a shared filesystem
+    ctr-train --model deepfm --batch 64k --data /shared/c1tb --loader stream --out /shared/runs/a \
+        --nproc 8 --nnodes 2 --node-rank 0 --master host0:29500
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="which configs/<dataset>/ to take defaults from "
                    "(default: the dataset's meta.json 'dataset')")
     p.add_argument("--nproc", type=positive_int, default=1, help="launch this many local worker processes")
+    p.add_argument("--nnodes", type=positive_int, default=1,
+                   help="hosts in the run (each runs ctr-train with its --node-rank; --out must be "
+                   "a directory all of them share)")
+    p.add_argument("--node-rank", type=int, default=0, help="this host's index, 0..nnodes-1 (node 0 "
+                   "owns the run directory: it checks and locks it)")
+    p.add_argument("--master", metavar="HOST:PORT",
+                   help="node 0's address and a free port, the same on every node (with --nnodes > 1)")
     p.add_argument("--out", help="run directory (default: runs/<model>-<batch>-<scaling>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--quiet", action="store_true")
@@ -51,16 +61,20 @@ def resolve_data(data: str | None) -> tuple[str, str]:
     return str(ds.path), family
 
 
-def _strip_nproc(argv: list[str]) -> list[str]:
+# The launcher's own flags: they say how to start the workers, not what they train.
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master")
+
+
+def _strip_launch_flags(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--nproc":
+        if a in LAUNCH_FLAGS:
             skip = True
             continue
-        if a.startswith("--nproc="):
+        if a.startswith(tuple(f + "=" for f in LAUNCH_FLAGS)):
             continue
         out.append(a)
     return out
@@ -123,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     worker = "RANK" in os.environ   # a torchrun worker: the launcher did the checks and holds the lock
+    from ctr.distributed.env import Nodes
+    nodes = Nodes(args.nnodes, args.node_rank, args.master)
+    if not worker and args.nnodes > 1:
+        try:
+            nodes.torchrun_args()
+        except ValueError as e:
+            print(f"ctr-train: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if not args.out:
+            print("ctr-train: --nnodes > 1 needs --out: every node must name the same run directory "
+                  "(on a filesystem they share)", file=sys.stderr)
+            return EXIT_USAGE
     if worker:
         from ctr.distributed.env import die_with_parent
         die_with_parent()
@@ -145,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     locked = False
     try:
         cfg = load_config(args.model, dataset, path=args.config, overrides=overrides)
-        if not worker:
+        if not worker and nodes.rank == 0:   # node 0 owns the run directory; the others only join
             reason = _refuse_reuse(run_dir, args.resume)
             if reason:
                 print(f"ctr-train: {reason}", file=sys.stderr)
@@ -153,16 +179,18 @@ def main(argv: list[str] | None = None) -> int:
             locked = hold_run_lock(run_dir)
             if args.resume:
                 _check_resume_config(run_dir, cfg)
-        if args.nproc > 1 and not worker:
+        if (args.nproc > 1 or nodes.count > 1) and not worker:
             _check_backend_before_launch(cfg)
-            if cfg.loader_streams is not None and cfg.loader_streams % args.nproc:
-                raise ConfigError(f"--loader-streams {cfg.loader_streams} is not a multiple of "
-                                  f"--nproc {args.nproc}: each rank reads the same number of streams")
+            world = args.nproc * nodes.count
+            if cfg.loader_streams is not None and cfg.loader_streams % world:
+                raise ConfigError(f"--loader-streams {cfg.loader_streams} is not a multiple of the "
+                                  f"{world} ranks (--nproc x --nnodes): each rank reads the same "
+                                  "number of streams")
             from ctr.distributed.env import launch_workers
-            child = _strip_nproc(argv) + ["--data", data, "--out", out, "--dataset", dataset]
-            fd = run_lock_fd(run_dir)
+            child = _strip_launch_flags(argv) + ["--data", data, "--out", out, "--dataset", dataset]
+            fd = run_lock_fd(run_dir) if locked else None
             return launch_workers(args.nproc, "ctr.cli.train", child, run_dir=run_dir,
-                                  pass_fds=(fd,) if fd is not None else ())
+                                  pass_fds=(fd,) if fd is not None else (), nodes=nodes)
         from ctr.train.trainer import Trainer
         summary = Trainer(cfg, resume=args.resume, quiet=args.quiet).run()
     except (ConfigError, DatasetError, CheckpointError, DirLockError, FileNotFoundError) as e:

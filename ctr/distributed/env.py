@@ -98,10 +98,37 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+@dataclass(frozen=True)
+class Nodes:
+    """Where this host's workers sit in a run over several hosts (torchrun's static rendezvous):
+    ``count`` hosts, this one ``rank`` (0 = the one whose rank 0 writes the run's files), and
+    ``master`` = ``host:port`` of node 0, which every node names the same."""
+
+    count: int = 1
+    rank: int = 0
+    master: str | None = None
+
+    def torchrun_args(self) -> list[str]:
+        if self.count == 1:
+            return ["--standalone"]
+        if self.master is None:
+            raise ValueError("--nnodes > 1 needs --master HOST:PORT (node 0's address, the same on every node)")
+        host, _, port = self.master.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--master must be HOST:PORT, not {self.master!r}")
+        if not 0 <= self.rank < self.count:
+            raise ValueError(f"--node-rank {self.rank} is outside 0..{self.count - 1} (--nnodes {self.count})")
+        return [f"--nnodes={self.count}", f"--node_rank={self.rank}", f"--master_addr={host}",
+                f"--master_port={port}"]
+
+
 def launch_workers(nproc: int, module: str, argv: list[str],
-                   run_dir: str | os.PathLike | None = None, pass_fds: tuple[int, ...] = ()) -> int:
+                   run_dir: str | os.PathLike | None = None, pass_fds: tuple[int, ...] = (),
+                   nodes: Nodes = Nodes()) -> int:
     """Runs ``python -m module argv`` in ``nproc`` local processes under torchrun (by way of
-    :mod:`ctr.distributed.run_worker`); returns the run's exit code.
+    :mod:`ctr.distributed.run_worker`); returns the run's exit code. With ``nodes.count > 1``
+    this host's torchrun joins the others at ``nodes.master`` (each host runs this launcher
+    with its own ``nodes.rank``; ranks ``rank*nproc .. rank*nproc + nproc - 1`` are here).
 
     torchrun is started by :func:`ctr.procs.run_child`: it gets SIGTERM if this launcher dies,
     a Ctrl-C makes the launcher wait for the workers' checkpoint, and a SIGTERM is passed on.
@@ -116,7 +143,7 @@ def launch_workers(nproc: int, module: str, argv: list[str],
         raise ValueError(f"--nproc must be a whole number of processes >= 1, not {nproc!r}")
     # through ctr.distributed.run_worker: torchrun would take a worker flag that abbreviates one
     # of its own (--r: --rdzv-*, --role, ...) for its own
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    cmd = [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(),
            f"--nproc_per_node={nproc}", "-m", "ctr.distributed.run_worker", module,
            json.dumps([str(a) for a in argv])]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get(
