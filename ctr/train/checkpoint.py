@@ -55,7 +55,9 @@ LATEST = "latest.json"
 # Settings that must match for a checkpoint to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("model", "batch", "base_batch", "seed", "scaling", "hparams", "batch_overrides",
                "model_config", "cowclip_lower_bound", "cowclip_warmup_epochs", "adam_epsilon_form",
-               "adam_epsilon", "dense_l2", "warmup_form", "drop_last", "data")
+               "adam_epsilon", "dense_l2", "warmup_form", "update", "drop_last", "data")
+# What a checkpoint written before a resume key existed was made with (the behaviour then).
+RESUME_KEY_DEFAULTS = {"update": "dense"}
 PROGRESS_KEYS = ("epoch", "step", "global_step")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 _DIR_RE = re.compile(r"^step-\d{9}-[0-9a-f]{8}$")
@@ -293,6 +295,7 @@ def _check_part(part: Any, path: Path, main: bool) -> None:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], run_dir: str | Path) -> None:
     """Refuses a checkpoint made by another model or configuration, naming the differences."""
+    saved = {**RESUME_KEY_DEFAULTS, **saved}
     diffs = [k for k in RESUME_KEYS if _jsonable(saved.get(k)) != _jsonable(current.get(k))]
     if diffs:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diffs)
