@@ -19,7 +19,7 @@ def test_bench_train_reports_floors_both_updates_and_the_peer(small_dataset, tmp
     r = subprocess.run([sys.executable, str(REPO / "tools" / "bench_train.py"), "--batches", "1k",
                         "--backends", "torch", "--update", "dense,sparse", "--data", str(small_dataset),
                         "--steps", "2", "--warmup", "1", "--json", str(out)],
-                       env=env, capture_output=True, text=True, timeout=600)
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(x["update"], x["backend"]) for x in rows] == [("dense", "torch"), ("sparse", "torch")]

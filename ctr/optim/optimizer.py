@@ -36,8 +36,9 @@ How it stays fast in the paper's regime, where every row is updated every step:
   clipped on its total gradient ``g + 2λw`` and handed back as ``clipped - 2λw`` for Adam's
   weight decay to add the L2 term again.
 
-In the sparse regime nothing is O(table): the rows come from one sort of the batch's ids (never
-a table-sized histogram), and w, m, v are gathered, updated and scattered on those rows.
+In the sparse regime a row-grad group's step is O(batch): its rows come from one sort of the
+batch's ids (never a table-sized histogram), and w, m, v are gathered, updated and scattered on
+those rows. (TorchRec's dense kernel hands over a full ``weight.grad``: correct, not faster.)
 
 Where the reference code (TF 2.4 Keras + DeepCTR) and torch differ, :class:`OptimizerOptions`
 (:mod:`ctr.optim.options`) chooses; its defaults are the reference's. Keras' epsilon is kept
@@ -86,13 +87,13 @@ class _GroupIndex:
         pos = self._positions(global_ids)
         return torch.bincount(pos, minlength=self.total_rows + 1)[: self.total_rows]
 
-    def present(self, global_ids: torch.Tensor, histogram: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def present(self, global_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows present in the batch, sorted, their counts). A small batch sorts its few ids; a
-        large one counts into a table-sized histogram (cheaper than sorting millions of ids),
-        unless ``histogram=False`` (the sparse regime: nothing O(table))."""
+        large one counts into a table-sized histogram (cheaper than sorting millions of ids).
+        Only groups with a full ``weight.grad`` (O(table) already) come here: a row-grad group's
+        rows come from its own sort of the batch (:class:`ctr.models.row_grad.TouchedRows`)."""
         pos = self._positions(global_ids)
-        if not histogram or pos.numel() * 16 < self.total_rows:
+        if pos.numel() * 16 < self.total_rows:
             rows, cnt = torch.unique(pos, return_counts=True)
             keep = rows < self.total_rows
             return rows[keep], cnt[keep]
@@ -205,7 +206,7 @@ class CTROptimizer:
             touched = g.row_grad.global_rows(global_ids)
             assert g.row_grad.values is not None
             return touched.rows, touched.counts, g.row_grad.values, None
-        rows, counts = self._index[id(g)].present(global_ids, histogram=self.options.update == "dense")
+        rows, counts = self._index[id(g)].present(global_ids)
         grad2d = g.view(g.weight.grad)
         return rows, counts, grad2d.index_select(0, rows), grad2d
 
