@@ -25,9 +25,13 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ctr.models.row_grad import RowGrad
 
 # Where the tables live in every model (ctr.models.CTRModel.sparse): TorchRec's EBCs
 # (``sparse.embedding.embedding_bags.emb_C1.weight``) or the torch backend's fused tables
@@ -58,6 +62,9 @@ class FusedGroup:
     weight: torch.Tensor                    # the fused parameter (optimizer steps this)
     dim: int
     shards: list[TableShard] = field(default_factory=list)
+    # The torch backend in training: the gradient as the batch's touched rows (weight.grad stays
+    # None; ctr.models.row_grad). None: the gradient is weight.grad (TorchRec's dense kernel).
+    row_grad: RowGrad | None = None
 
     @property
     def rows(self) -> int:

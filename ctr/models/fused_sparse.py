@@ -3,8 +3,12 @@
 ::
 
     ids [B, F] (one id per field) ──▶ + offsets [F] (each field's first row in the fused table)
-        ├──▶ embedding: weight [Σ_f V_f, D] ──F.embedding──▶ emb [B, F, D]
-        └──▶ linear:    weight [Σ_f V_f, 1] ──F.embedding──▶ [B, F, 1] ──Σ_f──▶ lin [B]
+        ├──▶ embedding: weight [Σ_f V_f, D] ──lookup──▶ emb [B, F, D]
+        └──▶ linear:    weight [Σ_f V_f, 1] ──lookup──▶ [B, F, 1] ──Σ_f──▶ lin [B]
+
+    lookup: F.embedding (plain autograd: weight.grad [Σ V, D]), or after use_row_grads(), in
+            training, row_lookup (ctr.models.row_grad: the gradient as the batch's U touched rows
+            [U, D] in table.row_grad, weight.grad untouched; both tables share one TouchedRows)
 
     FusedGroup(embedding.weight, D, [TableShard("emb_C1", row_offset 0, rows V_C1, fused_row 0,
                                                 replicated), TableShard("emb_C2", ..., fused_row V_C1), ...])
@@ -26,6 +30,13 @@ optimizer (CowClip's per-id counts, the whole-table L2 folded into Adam, Adam it
 row-keyed checkpoints run unchanged, and a run saved by one backend resumes on the other.
 It also makes a lookup one ``F.embedding`` call and a step one Adam pass over one buffer
 per kind, however many fields there are.
+
+**Row gradients.** :func:`ctr.train.build.build_model_parts` turns on :meth:`FusedSparseArch.
+use_row_grads` for training: the backward then yields the touched rows only (no full-size
+gradient is allocated or zero-filled), the optimizer takes them from each
+:class:`~ctr.distributed.shards.FusedGroup`'s ``row_grad``, and N ranks all-reduce those rows
+only (:mod:`ctr.models.row_grad`). A model built by :func:`ctr.models.build_model` alone keeps
+plain autograd gradients, for any torch optimizer.
 
 The tables are made with ``torch.empty``: on ``device="meta"`` (how
 :func:`ctr.train.build.build_model_parts` builds them, then ``to_empty`` and
@@ -52,7 +63,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctr.distributed.shards import FusedGroup, TableShard
-from ctr.models.config import EMBEDDING_PREFIX, LINEAR_PREFIX, check_sparse_fields, kind_of
+from ctr.models.config import (
+    EMBEDDING_PREFIX,
+    LINEAR_PREFIX,
+    check_sparse_fields,
+    kind_of,
+)
+from ctr.models.row_grad import RowGrad, TouchedRows, row_lookup
 
 
 class FusedTable(nn.Module):
@@ -72,6 +89,7 @@ class FusedTable(nn.Module):
         self.weight = nn.Parameter(torch.empty(total, self.dim, device=device))
         # Not a buffer: to_empty() after a meta build would leave a buffer uninitialised.
         self._offsets: dict[torch.device, torch.Tensor] = {}
+        self.row_grad: RowGrad | None = None   # set by use_row_grad(): gradients as touched rows
 
     def offsets(self, device: torch.device) -> torch.Tensor:
         """Each field's first row, int64 [F], on ``device`` (made once per device)."""
@@ -86,9 +104,28 @@ class FusedTable(nn.Module):
         for start, rows in zip(self.starts, self.rows):
             nn.init.normal_(self.weight[start:start + rows], mean=0.0, std=std)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids`` [B, F] (field-local) -> rows [B, F, dim]."""
-        return F.embedding(ids.long() + self.offsets(ids.device), self.weight)
+    def use_row_grad(self, on: bool = True) -> None:
+        """Training lookups hand their gradient to ``self.row_grad`` as touched rows (on), or
+        leave a plain ``weight.grad`` (off)."""
+        self.row_grad = RowGrad(self.starts, int(self.weight.shape[0]), self.dim) if on else None
+
+    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the fused table for ``ids`` [B, F] (field-local), int64 [B, F]."""
+        return ids.long() + self.offsets(ids.device)
+
+    def records_rows(self) -> bool:
+        """Whether a lookup now records its gradient as touched rows (training, row grads on)."""
+        return self.row_grad is not None and torch.is_grad_enabled() and self.weight.requires_grad
+
+    def forward(self, ids: torch.Tensor, touched: TouchedRows | None = None) -> torch.Tensor:
+        """``ids`` [B, F] (field-local) -> rows [B, F, dim]. ``touched``: the batch's rows, when
+        the caller made them (``TouchedRows.of(positions, inverse=True)``) for several tables."""
+        pos = self.positions(ids)
+        if self.row_grad is not None and self.records_rows():
+            if touched is None:
+                touched = TouchedRows.of(pos, inverse=True)
+            return row_lookup(self.weight, pos, touched, self.row_grad)
+        return F.embedding(pos, self.weight)
 
     def shards(self) -> list[TableShard]:
         return [TableShard(t, f, kind_of(t), rows, self.dim, 0, rows, start, True)
@@ -136,6 +173,14 @@ class FusedSparseArch(nn.Module):
     def num_fields(self) -> int:
         return len(self.fields)
 
+    def use_row_grads(self, on: bool = True) -> None:
+        """Both tables' training gradients as touched rows (``ctr.models.row_grad``), or plain."""
+        for t in self.tables():
+            t.use_row_grad(on)
+
+    def tables(self) -> list[FusedTable]:
+        return [self.embedding] + ([self.linear] if self.linear is not None else [])
+
     def _ids(self, features: Any) -> torch.Tensor:
         if isinstance(features, torch.Tensor):
             if features.dim() != 2 or features.shape[1] != self.num_fields:
@@ -152,13 +197,16 @@ class FusedSparseArch(nn.Module):
     def forward(self, features: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``features`` (ids [B, F] or a KJT) -> (``emb`` [B, F, D], ``lin`` [B] or ``None``)."""
         ids = self._ids(features)
-        emb = self.embedding(ids)
+        # The two tables have the same rows (fields and vocabularies): one sort for both.
+        touched = (TouchedRows.of(self.embedding.positions(ids), inverse=True)
+                   if self.embedding.records_rows() else None)
+        emb = self.embedding(ids, touched)
         if self.linear is None:
             return emb, None
         # [B, F] summed over fields, as SparseArch sums its pooled dim-1 tables
-        return emb, self.linear(ids).squeeze(2).sum(dim=1)
+        return emb, self.linear(ids, touched).squeeze(2).sum(dim=1)
 
     def fused_groups(self) -> list[FusedGroup]:
         """The two tables as the optimizer and checkpoints see every backend's storage."""
-        tables = [self.embedding] + ([self.linear] if self.linear is not None else [])
-        return [FusedGroup(weight=t.weight, dim=t.dim, shards=t.shards()) for t in tables]
+        return [FusedGroup(weight=t.weight, dim=t.dim, shards=t.shards(), row_grad=t.row_grad)
+                for t in self.tables()]

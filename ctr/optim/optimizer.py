@@ -3,7 +3,7 @@
 ::
 
     loss.backward()                      g = ∇ mean BCE over the global batch
-    CTROptimizer.step(global_ids):
+    CTROptimizer.step(global_ids):       (options.update = "dense", the paper's regime)
       every table row (emb + linear)     g += 2·λ·w        (L2 over the whole table, the reference's)
       embedding rows                     g *= min(1, thr / ‖g‖)   (CowClip; cnt over the global
                                                             batch; absent rows cnt = 1)
@@ -11,18 +11,34 @@
       dense lr                           PolynomialDecay 1e-8 -> lr_d over the warm-up, then lr_d
       Adam(dense params), Adam(fused embedding buffers), Keras' epsilon
 
+    options.update = "sparse" (row-sparse, TorchRec's fused optimizers' regime):
+      rows present in the global batch   g += 2·λ·w; CowClip (embedding rows); lazy Adam on these
+                                         rows only (m, v, w of every other row untouched; bias
+                                         correction by the global step count, as SparseAdam's)
+
+Where a group's gradient comes from: TorchRec's dense kernel leaves a full ``weight.grad``;
+the torch backend in training leaves the batch's touched rows in ``group.row_grad``
+(:mod:`ctr.models.row_grad`: ``[U, D]`` values, no full-size gradient made by the backward).
+Both give the same rows and numbers; the step reads whichever the group has.
+
 How it stays fast in the paper's regime, where every row is updated every step:
 
 - it works on whole fused TBE buffers (one per sharding group), so a step is a handful of
   tensor ops however many fields there are; the ids of every field are offset into their
-  group's rows and counted by one ``bincount``;
+  group's rows and counted together;
 - the L2 term is folded into Adam's fused kernel (``weight_decay = 2λ`` is exactly
-  ``g + 2λw``), so the whole table costs one pass per step;
+  ``g + 2λw``), so the whole table costs one pass per step: w, m, v read and written, and the
+  gradient read (a row-grad group's is a persistent buffer holding zeros except on the rows
+  written before the pass, zeroed again after it);
 - CowClip runs on the rows present in the batch only. That is exact: an absent row's
   gradient is ``2λw`` and its threshold is at least ``r‖w‖``, so it is never clipped when
   ``2λ <= r`` (every published setting); otherwise the full-table clip runs. A present row is
   clipped on its total gradient ``g + 2λw`` and handed back as ``clipped - 2λw`` for Adam's
   weight decay to add the L2 term again.
+
+In the sparse regime a row-grad group's step is O(batch): its rows come from one sort of the
+batch's ids (never a table-sized histogram), and w, m, v are gathered, updated and scattered on
+those rows. (TorchRec's dense kernel hands over a full ``weight.grad``: correct, not faster.)
 
 Where the reference code (TF 2.4 Keras + DeepCTR) and torch differ, :class:`OptimizerOptions`
 (:mod:`ctr.optim.options`) chooses; its defaults are the reference's. Keras' epsilon is kept
@@ -72,8 +88,10 @@ class _GroupIndex:
         return torch.bincount(pos, minlength=self.total_rows + 1)[: self.total_rows]
 
     def present(self, global_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows present in the batch, their counts). A small batch sorts its few ids; a large
-        one counts into a table-sized histogram (cheaper than sorting millions of ids)."""
+        """(rows present in the batch, sorted, their counts). A small batch sorts its few ids; a
+        large one counts into a table-sized histogram (cheaper than sorting millions of ids).
+        Only groups with a full ``weight.grad`` (O(table) already) come here: a row-grad group's
+        rows come from its own sort of the batch (:class:`ctr.models.row_grad.TouchedRows`)."""
         pos = self._positions(global_ids)
         if pos.numel() * 16 < self.total_rows:
             rows, cnt = torch.unique(pos, return_counts=True)
@@ -110,8 +128,11 @@ class CTROptimizer:
                                         eps=opts.adam_epsilon, weight_decay=2.0 * hparams.l2,
                                         fused=True) if sparse else None)
         field_pos = {f: i for i, f in enumerate(sparse_fields)}
-        self._index = {id(g): _GroupIndex(g, field_pos, g.weight.device)
-                       for g in groups if g.kind == "embedding"}
+        self._index = {id(g): _GroupIndex(g, field_pos, g.weight.device) for g in groups}
+        for g in groups:
+            if g.row_grad is not None and [s.field for s in g.shards] != list(sparse_fields):
+                raise ValueError(f"a row-gradient table's fields {[s.field for s in g.shards]} are not "
+                                 f"the batch's id columns {list(sparse_fields)}")
         self.step_count = 0
         self._last_clip: tuple[torch.Tensor | int, int] = (0, 0)
 
@@ -162,6 +183,8 @@ class CTROptimizer:
         self.dense.zero_grad(set_to_none=True)
         for g in self.groups:
             g.weight.grad = None
+            if g.row_grad is not None:
+                g.row_grad.clear_()
 
     @property
     def last_clip_fraction(self) -> float:
@@ -171,35 +194,66 @@ class CTROptimizer:
         total = int(total)
         return int(clipped) / total if total else 0.0
 
+    def _has_grad(self, g: FusedGroup) -> bool:
+        return g.row_grad is not None or g.weight.grad is not None
+
+    def _touched(self, g: FusedGroup, global_ids: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(rows of the group present in the global batch, sorted; their counts; their gradient
+        ``[U, D]``; the full ``[rows, D]`` gradient it was gathered from, or None when the rows
+        are the gradient itself). A row-grad group's values are modified in place by callers."""
+        if g.row_grad is not None:
+            touched = g.row_grad.global_rows(global_ids)
+            assert g.row_grad.values is not None
+            return touched.rows, touched.counts, g.row_grad.values, None
+        rows, counts = self._index[id(g)].present(global_ids)
+        grad2d = g.view(g.weight.grad)
+        return rows, counts, grad2d.index_select(0, rows), grad2d
+
+    def _clip_total_(self, total: torch.Tensor, w_rows: torch.Tensor, counts: torch.Tensor
+                     ) -> torch.Tensor:
+        """CowClip in place on rows' total gradients ``g + 2λw``; returns the per-row scale."""
+        hp = self.hp
+        return cowclip_(total, w_rows, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
+
     @torch.no_grad()
     def _cowclip_group_(self, g: FusedGroup, global_ids: torch.Tensor
                         ) -> tuple[torch.Tensor, int]:
-        """Clips the group's embedding rows in place; returns (rows clipped, rows considered)."""
+        """Clips the group's embedding rows in place (the dense regime: the gradient left for
+        Adam's ``weight_decay = 2λ`` is ``clipped - 2λw``); returns (rows clipped, considered)."""
         hp = self.hp
-        grad2d, w2d = g.view(g.weight.grad), g.view()
-        index = self._index[id(g)]
+        w2d = g.view()
         l2x2 = 2.0 * hp.l2
         if l2x2 > hp.r:  # absent rows could be clipped too: clip the whole table (exact, slower)
-            counts = index.counts(global_ids)
-            grad2d.add_(w2d, alpha=l2x2)
-            scale = cowclip_(grad2d, w2d, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
-            grad2d.sub_(w2d, alpha=l2x2)
+            if g.row_grad is not None:
+                g.row_grad.global_rows(global_ids)           # checks the rows cover the batch
+                full = g.view(g.row_grad.dense(g.weight))
+                g.row_grad.mark_dense_dirty()                # absent rows are written too
+            else:
+                full = g.view(g.weight.grad)
+            counts = self._index[id(g)].counts(global_ids)
+            full.add_(w2d, alpha=l2x2)
+            scale = self._clip_total_(full, w2d, counts)
+            full.sub_(w2d, alpha=l2x2)
             return (scale < 1).sum(), scale.numel()
-        rows, counts = index.present(global_ids)
+        rows, counts, total, grad2d = self._touched(g, global_ids)
         w_rows = w2d.index_select(0, rows)
-        total = grad2d.index_select(0, rows).add_(w_rows, alpha=l2x2)
-        scale = cowclip_(total, w_rows, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
-        grad2d.index_copy_(0, rows, total.sub_(w_rows, alpha=l2x2))
+        total.add_(w_rows, alpha=l2x2)
+        scale = self._clip_total_(total, w_rows, counts)
+        total.sub_(w_rows, alpha=l2x2)
+        if grad2d is not None:
+            grad2d.index_copy_(0, rows, total)
         return (scale < 1).sum(), rows.numel()
 
     @torch.no_grad()
     def clip_(self, global_ids: torch.Tensor) -> None:
-        """CowClip on every embedding group's gradient, in place (``step`` calls it when the
-        rule has CowClip on; public so a benchmark can time it alone)."""
+        """CowClip on every embedding group's gradient, in place, as the dense regime's step
+        does (``step`` calls it when the rule has CowClip on; public so a benchmark can time it
+        alone)."""
         clipped: torch.Tensor | int = 0
         total = 0
         for g in self.groups:
-            if g.kind == "embedding" and g.weight.grad is not None:
+            if g.kind == "embedding" and self._has_grad(g):
                 c, n = self._cowclip_group_(g, global_ids)
                 clipped, total = clipped + c, total + n
         self._last_clip = (clipped, total)
@@ -208,21 +262,84 @@ class CTROptimizer:
     def step(self, global_ids: torch.Tensor) -> None:
         """One update; ``global_ids`` [B, F] are the whole global batch's ids (CowClip counts)."""
         for g in self.groups:
-            if g.weight.grad is None:
+            if not self._has_grad(g):   # no backward reached it: a zero gradient, as on the peers
                 g.weight.grad = torch.zeros_like(g.weight)
+        t = self.step_count + 1
+        eps = self.adam_eps(t)
+        for pg in self.dense.param_groups:
+            pg["lr"], pg["eps"] = self.dense_lr(self.step_count), eps
+        self.dense.step()
+        if self.options.update == "sparse":
+            self._sparse_step_(global_ids, t, eps)
+        else:
+            self._dense_step_(global_ids, eps)
+        self.step_count += 1
+
+    def _dense_step_(self, global_ids: torch.Tensor, eps: float) -> None:
+        """The paper's regime: CowClip on the present rows, then one fused Adam pass over every
+        row of every table (L2 as its weight decay)."""
         if self.hp.cowclip:
             self.clip_(global_ids)
         else:
             self._last_clip = (0, 0)
-        eps = self.adam_eps(self.step_count + 1)
-        for pg in self.dense.param_groups:
-            pg["lr"], pg["eps"] = self.dense_lr(self.step_count), eps
-        self.dense.step()
-        if self.sparse is not None:
-            for pg in self.sparse.param_groups:
-                pg["eps"] = eps
-            self.sparse.step()
-        self.step_count += 1
+        if self.sparse is None:
+            return
+        row_groups = [g for g in self.groups if g.row_grad is not None]
+        for g in row_groups:
+            assert g.row_grad is not None
+            g.row_grad.global_rows(global_ids)    # the rows cover the global batch (synced)
+            g.weight.grad = g.row_grad.dense(g.weight)
+        for pg in self.sparse.param_groups:
+            pg["eps"] = eps
+        self.sparse.step()
+        for g in row_groups:
+            assert g.row_grad is not None
+            g.weight.grad = None
+            g.row_grad.clear_()
+
+    def _sparse_step_(self, global_ids: torch.Tensor, t: int, eps: float) -> None:
+        """The row-sparse regime: L2, CowClip and Adam on the rows present in the batch."""
+        if self.sparse is None:
+            self._last_clip = (0, 0)
+            return
+        self.ensure_sparse_state()
+        clipped: torch.Tensor | int = 0
+        considered = 0
+        for g in self.groups:
+            c, n = self._sparse_step_group_(g, global_ids, t, eps)
+            if g.kind == "embedding" and self.hp.cowclip:
+                clipped, considered = clipped + c, considered + n
+            if g.row_grad is not None:
+                g.row_grad.clear_()
+        self._last_clip = (clipped, considered)
+
+    @torch.no_grad()
+    def _sparse_step_group_(self, g: FusedGroup, global_ids: torch.Tensor, t: int, eps: float
+                            ) -> tuple[torch.Tensor | int, int]:
+        """Lazy Adam on the group's present rows: ``g + 2λw``, CowClip (embedding groups), then
+        torch Adam's update on those rows' w, m, v. Returns (rows clipped, rows considered)."""
+        assert self.sparse is not None
+        hp = self.hp
+        rows, counts, total, _ = self._touched(g, global_ids)
+        st = self.sparse.state[g.weight]
+        w2d, m2d, v2d = g.view(), g.view(st["exp_avg"]), g.view(st["exp_avg_sq"])
+        w = w2d.index_select(0, rows)
+        total.add_(w, alpha=2.0 * hp.l2)
+        clipped: torch.Tensor | int = 0
+        if hp.cowclip and g.kind == "embedding":
+            clipped = (self._clip_total_(total, w, counts) < 1).sum()
+        m, v = m2d.index_select(0, rows), v2d.index_select(0, rows)
+        b1, b2 = ADAM_BETAS
+        # torch.optim.Adam's arithmetic (torch's eps form; adam_eps gives Keras' in it)
+        m.lerp_(total, 1.0 - b1)
+        v.mul_(b2).addcmul_(total, total, value=1.0 - b2)
+        denom = v.sqrt().div_(math.sqrt(1.0 - b2 ** t)).add_(eps)
+        w.addcdiv_(m, denom, value=-hp.embedding_lr / (1.0 - b1 ** t))
+        w2d.index_copy_(0, rows, w)
+        m2d.index_copy_(0, rows, m)
+        v2d.index_copy_(0, rows, v)
+        st["step"].add_(1.0)
+        return clipped, rows.numel()
 
     # ---- state, keyed by table rows so a checkpoint can be loaded at another world size ----
 

@@ -13,7 +13,15 @@ dense_l2            ``reference``: λ on the dense features'          ``none``
                     linear kernel, 1e-5 on cross kernels
 warmup_form         ``reference``: ``PolynomialDecay(1e-8 -> lr)``   ``linear``: ``lr·min(1, (t+1)/W)``,
                     over ``W = int(warmup · int(N / B))`` steps      ``W = round(warmup · steps/epoch)``
+update              ``dense``: every table row gets L2 and an Adam   ``sparse``: only the rows present
+                    step every step (the whole-table L2)             in the batch get L2, CowClip and
+                                                                     a lazy Adam step (TorchRec's
+                                                                     fused optimizers' regime)
 ==================  =============================================  ==============================
+
+``update="sparse"`` is not the paper's algorithm (an absent row keeps its w, m, v: no L2 decay,
+no moment decay); its Adam is torch.optim.SparseAdam's, bias-corrected by the global step
+count. Its scaling rule is an open question; the flag makes it selectable and recorded.
 
 This module is light (no torch) so that configurations can take their defaults from it.
 """
@@ -27,6 +35,7 @@ LOWER_BOUNDS = ("paper", "reference")
 ADAM_EPSILON_FORMS = ("keras", "torch")
 DENSE_L2_MODES = ("reference", "none")
 WARMUP_FORMS = ("reference", "linear")
+UPDATE_MODES = ("dense", "sparse")
 ADAM_BETAS = (0.9, 0.999)          # Keras' and torch's defaults alike
 WARMUP_START_LR = 1e-8             # the reference's PolynomialDecay initial learning rate
 
@@ -40,10 +49,12 @@ class OptimizerOptions:
     adam_epsilon: float = 1e-7
     dense_l2: str = "reference"
     warmup_form: str = "reference"
+    update: str = "dense"
 
     def __post_init__(self) -> None:
         for name, allowed in (("lower_bound", LOWER_BOUNDS), ("adam_epsilon_form", ADAM_EPSILON_FORMS),
-                              ("dense_l2", DENSE_L2_MODES), ("warmup_form", WARMUP_FORMS)):
+                              ("dense_l2", DENSE_L2_MODES), ("warmup_form", WARMUP_FORMS),
+                              ("update", UPDATE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
         eps = self.adam_epsilon

@@ -31,7 +31,7 @@ def collect(spec: SweepSpec, all_cells: list[Cell], out: Path) -> list[dict[str,
         rec = {"model": c.model, "batch": c.batch, "rule": c.rule, "seed": c.seed, "cell": c.name,
                "status": (s or {}).get("status", "pending")}
         if s:
-            for k in ("test_auc", "test_logloss", "wall_seconds", "train_seconds",
+            for k in ("update", "test_auc", "test_logloss", "wall_seconds", "train_seconds",
                       "samples_per_second", "global_steps", "peak_rss_mb", "message", "hparams"):
                 if k in s:
                     rec[k] = s[k]

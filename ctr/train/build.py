@@ -5,9 +5,11 @@
     build_model_parts(model, ModelConfig, DatasetSchema, env, sharding, seed, embedding_backend)
       torchrec: build_model (EBC tables on "meta") ──▶ shard_model (DMP plan, dense kernel)
                 ──▶ fused_groups (each local shard with its global rows) ──▶ init_embeddings_
-      torch:    build_model (fused tables on "meta") ──▶ to_empty(device) ──▶ FusedSparseArch.
-                fused_groups (one replicated shard per field) ──▶ init_embeddings_; gradients
-                averaged over ranks by ModelParts.sync_gradients (world > 1)
+      torch:    build_model (fused tables on "meta") ──▶ to_empty(device) ──▶ use_row_grads
+                (training gradients as the batch's touched rows, ctr.models.row_grad) ──▶
+                FusedSparseArch.fused_groups (one replicated shard per field) ──▶ init_embeddings_;
+                gradients averaged over ranks by ModelParts.sync_gradients (world > 1: the
+                dense ones flat, the tables' on the global batch's touched rows only)
     build_optimizer(cfg, hparams, parts, steps_per_epoch, train_rows, sparse_fields)  ──▶ CTROptimizer
 
 ``ctr-train`` (:class:`~ctr.train.trainer.Trainer`), ``ctr-eval`` and the benchmarks in
@@ -28,7 +30,7 @@ Example::
     opt = build_optimizer(cfg, cfg.resolved_hparams(), parts, steps_per_epoch=100,
                           train_rows=ds.rows("train"), sparse_fields=list(ds.sparse_fields))
     logits = parts.module(batch.dense, batch.ids)
-    loss.backward(); parts.sync_gradients(); opt.step(batch.global_ids)
+    loss.backward(); parts.sync_gradients(batch.global_ids); opt.step(batch.global_ids)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ctr.distributed.choices import check_backend_sharding, resolve_embedding_ba
 from ctr.distributed.env import DistEnv
 from ctr.distributed.shards import FusedGroup, dense_parameters, init_embeddings_
 from ctr.models import ModelConfig, build_model
+from ctr.models.row_grad import all_reduce_rows_
 from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.scaling import Hyperparams
 from ctr.train.config import TrainConfig
@@ -76,13 +79,22 @@ class ModelParts:
                 f"{rows:,} table rows, replicated on {world_size} rank(s)")
 
     @torch.no_grad()
-    def sync_gradients(self) -> None:
+    def sync_gradients(self, global_ids: torch.Tensor | None = None) -> None:
         """After ``backward``: averages every gradient over the ranks, as DDP does (the torch
         backend at world > 1; DMP does it itself for the torchrec backend). The loss is scaled
-        so that the average is the global batch's mean-loss gradient (``Trainer.train_step``)."""
+        so that the average is the global batch's mean-loss gradient (``Trainer.train_step``).
+        A table whose gradient is its touched rows (``FusedGroup.row_grad``) sends the global
+        batch's rows only, ``[U, D]``: ``global_ids`` [B, F] (the whole batch's) says which."""
         if self.backend != "torch" or self.world_size <= 1:
             return
-        params = [p for p in self.module.parameters() if p.requires_grad]
+        row_grads = [g.row_grad for g in self.groups if g.row_grad is not None]
+        row_tables = {id(g.weight) for g in self.groups if g.row_grad is not None}
+        if row_grads:
+            if global_ids is None:
+                raise ValueError("sync_gradients needs the global batch's ids (batch.global_ids) to "
+                                 "all-reduce the tables' touched rows")
+            all_reduce_rows_(row_grads, global_ids, self.world_size)
+        params = [p for p in self.module.parameters() if p.requires_grad and id(p) not in row_tables]
         grads: dict[int, torch.Tensor] = {}
         for p in params:
             if p.grad is None:   # a parameter this batch did not reach: zero, like on the others
@@ -90,8 +102,8 @@ class ModelParts:
             grads[id(p)] = p.grad
         tables = {id(g.weight) for g in self.groups}
         small = [grads[id(p)] for p in params if id(p) not in tables]
-        for t in (grads[id(g.weight)] for g in self.groups):   # each table's: all-reduced in place
-            dist.all_reduce(t)
+        for t in (grads[id(g.weight)] for g in self.groups if id(g.weight) not in row_tables):
+            dist.all_reduce(t)           # a plain full-size table gradient: all-reduced in place
             t.div_(self.world_size)
         if small:                          # the dense ones: one all-reduce of a flat copy
             flat = torch.cat([t.reshape(-1) for t in small])
@@ -123,6 +135,7 @@ def build_model_parts(model: str, settings: ModelConfig, dataset: DatasetSchema,
         groups = fused_groups(module)
     else:
         net.sparse.to_empty(device=env.device)   # allocated, not filled: nothing drawn from the RNG
+        net.sparse.use_row_grads()               # no full-size table gradient in training
         module, groups = net, net.sparse.fused_groups()
         plan = {f: ("data_parallel", 0) for f in dataset.sparse_fields}
     if seed is not None:

@@ -55,14 +55,14 @@ LATEST = "latest.json"
 # Settings that must match for a checkpoint to be resumed (others, like --epochs, may change).
 RESUME_KEYS = ("model", "batch", "base_batch", "seed", "scaling", "hparams", "batch_overrides",
                "model_config", "cowclip_lower_bound", "cowclip_warmup_epochs", "adam_epsilon_form",
-               "adam_epsilon", "dense_l2", "warmup_form", "drop_last", "data", "loader")
+               "adam_epsilon", "dense_l2", "warmup_form", "update", "drop_last", "data", "loader")
 # The streaming loader's order also depends on these (compared when the run streamed).
 STREAM_RESUME_KEYS = ("loader_streams", "shuffle_buffer")
 # Resolved at a run's start; unresolved now (the launcher checks before the workers resolve),
 # they take the run's recorded value, so they match whatever it was.
 UNRESOLVED = {"loader": "auto", "loader_streams": None}
 # A checkpoint from before a key existed ran with this value.
-BEFORE_KEY = {"loader": "memory"}
+BEFORE_KEY = {"loader": "memory", "update": "dense"}
 PROGRESS_KEYS = ("epoch", "step", "global_step")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 _DIR_RE = re.compile(r"^step-\d{9}-[0-9a-f]{8}$")

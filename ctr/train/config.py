@@ -64,6 +64,9 @@ class TrainConfig:
     adam_epsilon: float = OptimizerOptions.adam_epsilon
     dense_l2: str = OptimizerOptions.dense_l2
     warmup_form: str = OptimizerOptions.warmup_form
+    # dense: every table row gets L2 and Adam every step (the paper's); sparse: only the rows of
+    # the batch (ctr.optim.options). A resume key: a run is one of the two algorithms.
+    update: str = OptimizerOptions.update
     sharding: str = "auto"
     # auto | torchrec | torch; a run resolves auto at start and records the concrete one. Not a
     # resume key: a checkpoint of one backend resumes and evaluates on the other.
@@ -94,7 +97,7 @@ class TrainConfig:
         return OptimizerOptions(lower_bound=self.cowclip_lower_bound,
                                 adam_epsilon_form=self.adam_epsilon_form,
                                 adam_epsilon=self.adam_epsilon, dense_l2=self.dense_l2,
-                                warmup_form=self.warmup_form)
+                                warmup_form=self.warmup_form, update=self.update)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

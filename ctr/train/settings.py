@@ -27,7 +27,7 @@ from ctr.argtypes import positive_int
 from ctr.data.source import LOADERS
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS, SHARDINGS
 from ctr.models.config import MODEL_NAMES
-from ctr.optim.options import ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, WARMUP_FORMS
+from ctr.optim.options import ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, UPDATE_MODES, WARMUP_FORMS
 from ctr.optim.scaling import RULES, parse_batch
 
 
@@ -86,6 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("embedding_backend", "run", "torchrec: TorchRec tables, any sharding; torch: plain PyTorch, "
             "replicated (no TorchRec/FBGEMM needed); auto: torchrec where it imports, else torch",
             str, EMBEDDING_BACKENDS, group="main"),
+    Setting("update", "run", "dense: every table row gets L2 and an Adam step every step (the paper's "
+            "whole-table L2); sparse: only the rows present in the batch get L2, CowClip and a lazy "
+            "Adam step (a step costs O(batch), not O(table); not the paper's algorithm)", str,
+            UPDATE_MODES, group="main"),
     Setting("base_batch", "run", "the batch the base values were tuned at", batch_size, group=_HP),
     Setting("dense_lr", "hparams", "Adam learning rate of the dense weights", non_negative_float, group=_HP),
     Setting("embedding_lr", "hparams", "Adam learning rate of the tables", non_negative_float, group=_HP),

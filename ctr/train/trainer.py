@@ -152,7 +152,8 @@ class Trainer:
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
                  f"warmup {self.opt.warmup_steps} steps; {env.world_size} rank(s) on {env.device} ({env.backend}), "
-                 f"embedding backend {cfg.embedding_backend}, allocator {describe_active()}")
+                 f"embedding backend {cfg.embedding_backend}, {cfg.update} table update, "
+                 f"allocator {describe_active()}")
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.done_seconds, self.done_samples = 0.0, 0   # training time and samples before a resume
         self.metrics_log: list[dict[str, Any]] = []
@@ -264,7 +265,7 @@ class Trainer:
         self.guard.update(loss, f"{where} (global step {self.global_step})")
         self.opt.zero_grad()
         (loss_sum * (self.env.world_size / batch.global_size)).backward()
-        self.parts.sync_gradients()   # the torch backend over N ranks; TorchRec's DMP syncs itself
+        self.parts.sync_gradients(batch.global_ids)   # torch backend, N ranks; DMP syncs itself
         fault_point("train.mid_step")
         self.opt.step(batch.global_ids)
         self.global_step += 1
@@ -356,7 +357,8 @@ class Trainer:
             status, message = "interrupted", f"aborted at epoch {epoch + 1} step {step} (no checkpoint saved)"
             self.log(f"{message}; --resume continues from the last checkpoint")
         summary: dict[str, Any] = {"status": status, "message": message, "model": cfg.model,
-                                   "batch": cfg.batch, "scaling": cfg.scaling, "epochs": cfg.epochs,
+                                   "batch": cfg.batch, "scaling": cfg.scaling, "update": cfg.update,
+                                   "epochs": cfg.epochs,
                                    "global_steps": self.global_step, "world_size": world,
                                    "device": str(env.device), "allocator": active_allocator(),
                                    "hparams": self.hp.__dict__}
