@@ -25,13 +25,16 @@ def train(*args) -> int:
     return train_cli.main([str(a) for a in args] + SMALL)
 
 
-def train_proc(*args, fault=None, signal_name="KILL", timeout=300) -> subprocess.CompletedProcess:
+def train_proc(*args, fault=None, signal_name="KILL", timeout=300,
+               sigint_ignored=False) -> subprocess.CompletedProcess:
+    """``sigint_ignored``: start it with SIGINT ignored, as a shell script's ``cmd &`` does."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("CTR_RUN_LOCK_HELD", None)
     if fault:
         env.update(CTR_FAULT_AT=fault, CTR_FAULT_SIGNAL=signal_name)
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.run([sys.executable, "-m", "ctr.cli.train", *map(str, args), *SMALL], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec)
 
 
 def weights(run_dir):
@@ -109,12 +112,14 @@ def test_signal_mid_step_saves_at_the_step_boundary(small_dataset, tmp_path, ref
     assert s["samples_per_second"] > 0 and s["global_steps"] == 12
 
 
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["sigint-default", "sigint-inherited-ignored"])
 def test_second_ctrl_c_aborts_the_save_and_leaves_the_previous_checkpoint(small_dataset, tmp_path,
-                                                                         reference_run):
+                                                                         reference_run, sigint_ignored):
     out = tmp_path / "run"
     # Ctrl-C mid-step in epoch 2, then again while that stop's checkpoint is being written
     p = train_proc(*COMMON, "--data", small_dataset, "--out", out,
-                   fault="train.mid_step@8,checkpoint.after_rank_file@2", signal_name="INT")
+                   fault="train.mid_step@8,checkpoint.after_rank_file@2", signal_name="INT",
+                   sigint_ignored=sigint_ignored)
     assert p.returncode == 130, p.stderr[-2000:]
     assert read_latest(out)["global_step"] == 6  # epoch 1's checkpoint
     assert any(n.name.startswith(".") for n in checkpoint_dir(out).iterdir())  # the abandoned one

@@ -349,7 +349,10 @@ class Trainer:
             self.log(f"{message}: saving a checkpoint after global step {self.global_step}; "
                      "continue with --resume")
             try:
-                self._save(epoch, step, train_seconds, samples)
+                # The handlers again for the save (the stop left their block): a second Ctrl-C
+                # must abort it even where SIGINT was inherited ignored (`ctr-train ... &` in a script).
+                with self._stop:
+                    self._save(epoch, step, train_seconds, samples)
             except KeyboardInterrupt:  # a second Ctrl-C: the previous checkpoint stays the latest
                 message += "; aborted while saving (no checkpoint of this step)"
                 self.log("aborted while saving; --resume continues from the previous checkpoint")
