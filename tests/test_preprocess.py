@@ -755,3 +755,54 @@ def test_parquet_bad_label_names_row(tmp_path):
         run([f], tmp_path / "out")
     meta = run([f], tmp_path / "out", skip_bad_rows=True)
     assert meta["rows_total"] == 29 and meta["bad_rows"]["first_lines"] == [13]
+
+
+# --------------------------------------------------------------------------- split by files
+
+
+def test_files_split_puts_exactly_the_last_day_in_test(tmp_path):
+    """Criteo 1TB's protocol: day files in order, the last one the test split, whatever the
+    days' sizes (ratios could not say it); valid aliases test; a 3-part split too."""
+    sizes = [70, 50, 33]
+    days = [write_text(tmp_path / f"day_{d}", criteo_rows(n, seed=d)) for d, n in enumerate(sizes)]
+    meta = run(days, tmp_path / "out", split="files:2,1", min_count=2)
+    assert {k: v["rows"] for k, v in meta["splits"].items()} == {"train": 120, "test": 33}
+    assert meta["split_aliases"] == {"valid": "test"}
+    assert meta["split"] == {"kind": "files", "seed": 0, "sizes": {"train": 120, "test": 33},
+                             "files": {"train": ["day_0", "day_1"], "test": ["day_2"]}}
+    test = read_split(tmp_path / "out", "test")
+    want = pd.read_csv(days[2], sep="\t", header=None, names=CRITEO_HEADER, dtype=str,
+                       keep_default_na=False)
+    assert (test["label"].to_numpy() == want["label"].astype(float).to_numpy()).all()
+    meta = run(days, tmp_path / "three", split="files:1,1,1", hash_buckets=100)
+    assert {k: v["rows"] for k, v in meta["splits"].items()} == dict(zip(("train", "valid", "test"), sizes))
+
+
+@pytest.mark.parametrize("split, inputs, message", [
+    ("files:2,1", ["day_0", "day_1"], "add up to 3 files, but 2 input"),
+    ("files:1,1", ["day_0", "day_10", "day_2"][:2], None),
+    ("files:2,1", ["day_0", "day_10", "day_2"], "not in day order"),
+    ("files:1.5,1", ["day_0", "day_1"], "whole numbers"),
+    ("files:0,2", ["day_0", "day_1"], "each at least 1"),
+    ("files:", ["day_0"], "each at least 1"),
+    ("files:1,1,1,1", ["a", "b", "c", "d"], r"give 1 \(train\), 2"),
+])
+def test_files_split_refuses_bad_values_by_name(tmp_path, split, inputs, message):
+    paths = [write_text(tmp_path / name, criteo_rows(5, seed=i)) for i, name in enumerate(inputs)]
+    if message is None:
+        run(paths, tmp_path / "out", split=split)        # day_0, day_10: in day order
+        return
+    with pytest.raises(ValueError, match=message):
+        run(paths, tmp_path / "out", split=split)
+    assert not (tmp_path / "out").exists()
+
+
+def test_files_split_on_the_command_line(tmp_path, capsys):
+    days = [write_text(tmp_path / f"day_{d}", criteo_rows(20, seed=d)) for d in range(3)]
+    assert cli_main([*map(str, days), "--out", str(tmp_path / "o"), "--split", "files:2,1",
+                     "--quiet"]) == 0
+    assert read_meta(tmp_path / "o")["splits"]["test"]["rows"] == 20
+    assert cli_main([str(days[0]), str(days[2]), str(days[1]), "--out", str(tmp_path / "p"),
+                     "--split", "files:2,1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--split files:2,1" in err and "day order" in err

@@ -441,6 +441,16 @@ def test_two_streaming_ranks_on_different_files_equal_one_rank(stream_dataset, t
                          capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "config.json").read_text())["loader_streams"] == 2
+    # every rank's peak RSS and table shards (row_wise: each holds part of every table, of the
+    # embedding (dim 10) and the first-order (dim 1) tables)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    ranks = summary["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["peak_rss_mb"] > 50 for r in ranks)
+    assert all(0 < r["peak_rss_mb_before_eval"] <= r["peak_rss_mb"] for r in ranks)
+    assert summary["steady_samples_per_second"] > 0     # steps 2 and 3, each from the one before
+    assert sum(r["table_rows"] for r in ranks) == 2 * ds.table_rows
+    assert sum(r["table_bytes"] for r in ranks) == (10 + 1) * 4 * ds.table_rows
+    assert 0 < ranks[0]["table_rows"] < 2 * ds.table_rows
     (tmp_path / "two" / "summary.json").unlink()
     three = ["--model", "deepfm", "--batch", "1k", "--data", str(stream_dataset), "--max-steps", "6",
              "--r", "1e-2", *SMALL]
@@ -448,6 +458,7 @@ def test_two_streaming_ranks_on_different_files_equal_one_rank(stream_dataset, t
     same_weights(tmp_path / "one", tmp_path / "two", exact=False)
     s1, s2 = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
     assert s2["test_auc"] == pytest.approx(s1["test_auc"], abs=1e-4)
+    assert [(r["rank"], r["table_rows"]) for r in s1["ranks"]] == [(0, 2 * ds.table_rows)]
 
 
 def test_the_trainer_takes_any_run_data(stream_dataset, tmp_path):

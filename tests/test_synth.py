@@ -409,3 +409,92 @@ def test_cli(tmp_path, capsys):
     assert meta["positive_rate"] < 0.16
     with pytest.raises(TypeError):
         synth.generate_dataset(tmp_path / "x", 100, no_such_knob=1)
+
+
+# --------------------------------------------------------------------------- Criteo-1TB-style days
+
+
+def test_day_sizes_cut_one_stream_into_equal_days():
+    assert synth.day_sizes(10, 3) == [3, 3, 4] and synth.day_sizes(7, 7) == [1] * 7
+    assert sum(synth.day_sizes(1_000_003, 24)) == 1_000_003
+    assert max(synth.day_sizes(1_000_003, 24)) - min(synth.day_sizes(1_000_003, 24)) <= 1
+    for rows, days in ((3, 4), (10, 0), (10, 1.5)):
+        with pytest.raises(ValueError):
+            synth.day_sizes(rows, days)
+    assert synth.day_file_names(3, gzip=True) == ["day_0.gz", "day_1.gz", "day_2.gz"]
+
+
+def test_days_are_the_single_file_cut_at_row_boundaries(tmp_path, monkeypatch):
+    """Small generator chunks (1,000 rows), so days begin and end inside chunks: the days
+    concatenated are the single-file writer's bytes, rows add up, each day parses as a Criteo
+    1TB day file, and the positives and the last day's oracle are those of its rows."""
+    import gzip
+
+    from ctr.data.raw import detect_format
+    monkeypatch.setattr("ctr.data.synth.model.CHUNK_ROWS", 1000)
+    rows = 5_500
+    info = synth.write_raw_criteo_days(tmp_path / "days", rows, days=3, seed=3, progress=False,
+                                       oracle_last=True)
+    one = synth.write_raw_criteo_tsv(tmp_path / "one.tsv", rows, seed=3, progress=False)
+    names = [f"day_{d}" for d in range(3)]
+    assert sorted(p.name for p in (tmp_path / "days").iterdir()) == names    # no temporaries left
+    data = [(tmp_path / "days" / n).read_bytes() for n in names]
+    assert b"".join(data) == (tmp_path / "one.tsv").read_bytes()
+    assert [f["rows"] for f in info["files"]] == [d.count(b"\n") for d in data] == [1833, 1833, 1834]
+    assert info["rows"] == rows and info["positives"] == one["positives"]
+    assert [f["bytes"] for f in info["files"]] == [len(d) for d in data]
+    for n, d, f in zip(names, data, info["files"]):
+        fm = detect_format(tmp_path / "days" / n)
+        assert (fm.name, fm.dataset, fm.has_label, len(fm.sparse), len(fm.dense)) == \
+            ("criteo", "criteo", True, 26, 13)
+        assert f["positives"] == sum(line[:1] == b"1" for line in d.split(b"\n")[:-1])
+    model = synth.PlantedModel(3, rows)
+    ch = [model.chunk(i) for i in range(model.num_chunks())]
+    p = np.concatenate([c.p for c in ch])[-1834:]
+    y = np.concatenate([c.label for c in ch])[-1834:]
+    assert info["oracle_last"]["test_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    gz = synth.write_raw_criteo_days(tmp_path / "gz", rows, days=3, seed=3, gzip=True, progress=False)
+    assert [gzip.decompress((tmp_path / "gz" / f"{n}.gz").read_bytes()) for n in names] == data
+    assert "oracle_last" not in gz
+
+
+def test_days_writer_leaves_no_partial_day(tmp_path, monkeypatch):
+    """An error while writing day 1 keeps the finished day 0, removes day 1's temporary and
+    writes no day 2."""
+    from ctr.data.synth import tsv
+    monkeypatch.setattr("ctr.data.synth.model.CHUNK_ROWS", 1000)
+    real, calls = tsv.tsv_parts, []
+
+    def failing(ch, keys):
+        calls.append(len(ch.label))
+        if len(calls) == 4:          # day 0 is chunks 0, 1 (cut); day 1 starts in chunk 1
+            raise OSError("disk full")
+        return real(ch, keys)
+    monkeypatch.setattr(tsv, "tsv_parts", failing)
+    with pytest.raises(OSError, match="disk full"):
+        synth.write_raw_criteo_days(tmp_path, 6_000, days=3, seed=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["day_0"]
+    assert (tmp_path / "day_0").read_bytes().count(b"\n") == 2000
+
+
+def test_cli_days(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    synth.add_synth_arguments(parser)
+    out = tmp_path / "days"
+
+    def run(*extra):
+        return synth.synth_main(parser.parse_args(["--rows", "3k", "--quiet", "--out", str(out), *extra]))
+    assert run("--format", "days", "--days", "3") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["day_0", "day_1", "day_2"]
+    assert "3,000 rows in 3 day files" in capsys.readouterr().out
+    assert run("--format", "days", "--days", "3") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert run("--format", "days", "--days", "2", "--overwrite") == 2   # day_2 would be stale
+    assert "day_2, which this run would not write" in capsys.readouterr().err
+    assert run("--format", "days", "--days", "3", "--overwrite", "--seed", "1") == 0
+    for bad, msg in ((("--format", "days"), "needs --days"),
+                     (("--format", "tsv", "--days", "3"), "--days goes with --format days"),
+                     (("--format", "days", "--days", "4000"), "at least one row"),
+                     (("--gzip",), "--gzip goes with --format days")):
+        assert run(*bad) == 2
+        assert msg in capsys.readouterr().err

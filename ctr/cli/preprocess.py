@@ -4,6 +4,7 @@ Examples::
 
     ctr-preprocess train.txt --out data/criteo                     # Criteo Kaggle, 90/10 split
     ctr-preprocess day_0.gz day_1.gz --out data/criteo1tb --min-count 10
+    ctr-preprocess day_{0..23}.gz --out data/criteo1tb --split files:23,1 --hash-buckets 40000000
     ctr-preprocess train.csv --out data/avazu --split random:0.8,0.1,0.1
     ctr-preprocess X.csv --labels y.csv --out data/avazu-x --format avazu-x
     ctr-preprocess test.txt --out data/criteo-test --split random:1.0   # unlabelled
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="separate labels file (one 0/1 per line, optional header), e.g. for "
                    "avazu-x; repeat once per input")
     p.add_argument("--split", default="random:0.9,0.1",
-                   help="random|sequential:RATIOS; 2 ratios = train,test (valid aliases test), "
+                   help="random|sequential:RATIOS, or files:COUNTS (whole input files in the "
+                   "order given: files:23,1 = the first 23 inputs train, the last test, as for "
+                   "Criteo 1TB's day_0..day_23); 2 parts = train,test (valid aliases test), "
                    "3 = train,valid,test (default random:0.9,0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
     p.add_argument("--dense", choices=DENSE_TRANSFORMS, default="minmax",

@@ -12,8 +12,10 @@ main thread counts / encodes / writes, so both cores stay busy.
 The split is decided before pass 2 from the row count of pass 1: ``random`` places exactly
 ``round(ratio * N)`` rows in each split with a seeded shuffle of a per-row split tag (rows
 keep their file order inside a split); ``sequential`` takes the first rows for train, then
-valid, then test. With two ratios the splits are train / test (``valid`` is an alias of
-``test``, the paper's protocol); with three, train / valid / test.
+valid, then test; ``files`` cuts at input-file boundaries (``files:23,1``: the first 23
+inputs train, the last one test, as TorchRec's DLRM example splits Criteo 1TB's days). With
+two parts the splits are train / test (``valid`` is an alias of ``test``, the paper's
+protocol); with three, train / valid / test.
 
 Example::
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -42,34 +45,99 @@ from ctr.data.raw import (BAD_SHARE_MIN_ROWS, BLOCK_BYTES, RawInputError, RawRea
                          check_bad_share, detect_format)
 from ctr.data.transforms import DenseStats, apply_dense_transform, check_transform
 
-SPLIT_KINDS = ("random", "sequential")
+SPLIT_KINDS = ("random", "sequential", "files")
 DEFAULT_SPLIT = "random:0.9,0.1"
 MAX_LISTED_BAD = 20
+_DAY_NAME = re.compile(r"day_(\d+)(?:\.[A-Za-z0-9]+)*")   # Criteo 1TB's day_N, day_N.gz
+SPLIT_NAMES = {1: ("train",), 2: ("train", "test"), 3: ("train", "valid", "test")}
 
 
 @dataclass(frozen=True)
 class SplitSpec:
-    kind: str                     # random | sequential
-    names: tuple[str, ...]        # ("train", "test") or ("train", "valid", "test") or ("train",)
-    ratios: tuple[float, ...]
+    """How rows are cut into splits: ``random`` / ``sequential`` by ``ratios`` of all rows, or
+    ``files`` by whole input files (``files``: how many consecutive inputs each split takes)."""
 
-    def sizes(self, n: int) -> list[int]:
-        """Exact rows per split: ``round(ratio * n)`` (half up), the last takes the rest."""
+    kind: str                     # random | sequential | files
+    names: tuple[str, ...]        # ("train", "test") or ("train", "valid", "test") or ("train",)
+    ratios: tuple[float, ...]     # random, sequential: the share of each split; files: ()
+    files: tuple[int, ...] = ()   # files: input files per split, in input order
+
+    def text(self) -> str:
+        """The ``--split`` value this spec is (for messages)."""
+        parts = self.files if self.kind == "files" else self.ratios
+        return f"{self.kind}:" + ",".join(f"{x:g}" for x in parts)
+
+    def sizes(self, n: int, rows_per_input: Sequence[int] | None = None) -> list[int]:
+        """Exact rows per split. By ratios: ``round(ratio * n)`` (half up), the last takes the
+        rest. By files: the rows of each split's files (``rows_per_input``, one per input)."""
+        if self.kind == "files":
+            if rows_per_input is None or len(rows_per_input) != sum(self.files):
+                raise ValueError(f"split {self.text()!r} needs the rows of its "
+                                 f"{sum(self.files)} input files")
+            edges = np.cumsum((0,) + self.files)
+            return [int(sum(rows_per_input[edges[k]:edges[k + 1]])) for k in range(len(self.files))]
         sizes = [int(math.floor(r * n + 0.5)) for r in self.ratios[:-1]]
         sizes = [min(s, n - sum(sizes[:i])) for i, s in enumerate(sizes)]
         return sizes + [n - sum(sizes)]
 
-    def meta(self, seed: int, n: int) -> dict[str, Any]:
+    def check_inputs(self, inputs: Sequence[str]) -> None:
+        """A ``files`` split must name every input exactly once, and Criteo-1TB-style
+        ``day_N`` inputs must come in day order: ``ValueError`` otherwise. The second check
+        is there because a shell glob sorts ``day_10`` before ``day_2``, and ``day_*`` with
+        ``files:23,1`` would then quietly test on ``day_9``."""
+        if self.kind != "files":
+            return
+        if sum(self.files) != len(inputs):
+            raise ValueError(f"--split {self.text()}: the counts add up to {sum(self.files)} "
+                             f"files, but {len(inputs)} input(s) were given "
+                             f"(e.g. files:{max(1, len(inputs) - 1)},1 puts the last input in test)")
+        days = [_DAY_NAME.fullmatch(os.path.basename(p)) for p in inputs]
+        if all(days):
+            numbers = [int(m.group(1)) for m in days if m]
+            if numbers != sorted(numbers):
+                shown = ", ".join(os.path.basename(p) for p in inputs[:4])
+                raise ValueError(f"--split {self.text()}: the day files are not in day order "
+                                 f"({shown}, ...; a shell glob such as day_* sorts day_10 before "
+                                 "day_2): list them in order, e.g. day_{0..23}.gz")
+
+    def meta(self, seed: int, n: int, inputs: Sequence[str] | None = None,
+             rows_per_input: Sequence[int] | None = None) -> dict[str, Any]:
+        sizes = dict(zip(self.names, self.sizes(n, rows_per_input)))
+        if self.kind == "files":
+            assert inputs is not None
+            edges = np.cumsum((0,) + self.files)
+            return {"kind": "files", "files": {name: [os.path.basename(p) for p in
+                                                      inputs[edges[k]:edges[k + 1]]]
+                                               for k, name in enumerate(self.names)},
+                    "seed": seed, "sizes": sizes}
         return {"kind": self.kind, "ratios": dict(zip(self.names, self.ratios)), "seed": seed,
-                "sizes": dict(zip(self.names, self.sizes(n)))}
+                "sizes": sizes}
 
 
 def parse_split(spec: str) -> SplitSpec:
-    """``random:0.9,0.1`` | ``random:0.8,0.1,0.1`` | ``sequential:...`` | ``random`` (90/10)."""
+    """``random:0.9,0.1`` | ``random:0.8,0.1,0.1`` | ``sequential:...`` | ``random`` (90/10) |
+    ``files:23,1`` (the first 23 inputs train, the last one test) | ``files:22,1,1``.
+
+    ``files:`` cuts at input-file boundaries, for a log split by time into files such as Criteo
+    1TB's ``day_0 .. day_23``: TorchRec's DLRM example trains on the first days and tests on the
+    last, which ratios of the total rows cannot express exactly (a day's rows are not known
+    before reading it). The counts are consecutive inputs in the order given and must add up to
+    the number of inputs (checked by :meth:`SplitSpec.check_inputs`)."""
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in SPLIT_KINDS:
-        raise ValueError(f"split {spec!r}: kind must be one of {SPLIT_KINDS}, e.g. random:0.9,0.1")
+        raise ValueError(f"split {spec!r}: kind must be one of {SPLIT_KINDS}, e.g. random:0.9,0.1 "
+                         "or files:23,1")
+    if kind == "files":
+        try:
+            counts = tuple(int(x) for x in rest.split(",")) if rest.strip() else ()
+        except ValueError:
+            raise ValueError(f"split {spec!r}: files: takes whole numbers of input files, e.g. "
+                             "files:23,1 (train = the first 23 inputs, test = the last)") from None
+        if not 1 <= len(counts) <= 3 or any(c < 1 for c in counts):
+            raise ValueError(f"split {spec!r}: give 1 (train), 2 (train,test) or 3 "
+                             "(train,valid,test) file counts, each at least 1, e.g. files:23,1")
+        return SplitSpec(kind, SPLIT_NAMES[len(counts)], (), counts)
     try:
         ratios = tuple(float(x) for x in rest.split(",") if x.strip()) if rest.strip() else (0.9, 0.1)
     except ValueError:
@@ -78,8 +146,7 @@ def parse_split(spec: str) -> SplitSpec:
         raise ValueError(f"split {spec!r}: give 1 (train), 2 (train,test) or 3 (train,valid,test) ratios")
     if any(r < 0 or not math.isfinite(r) for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise ValueError(f"split {spec!r}: ratios must be >= 0 and sum to 1 (they sum to {sum(ratios):g})")
-    names = {1: ("train",), 2: ("train", "test"), 3: ("train", "valid", "test")}[len(ratios)]
-    return SplitSpec(kind, names, ratios)
+    return SplitSpec(kind, SPLIT_NAMES[len(ratios)], ratios)
 
 
 def _prefetch(make: Callable[[], Iterable], depth: int = 2) -> Iterator:
@@ -198,7 +265,8 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
     t_start = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    inputs = [str(p) for p in inputs]
+    names: list[str] = [str(p) for p in inputs]
+    inputs = names
     if not inputs:
         raise ValueError("no input files")
     if isinstance(labels, (str, os.PathLike)):
@@ -207,6 +275,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
     if labels is not None and len(labels) != len(inputs):
         raise ValueError(f"{len(labels)} labels files for {len(inputs)} inputs; give one per input")
     spec = split if isinstance(split, SplitSpec) else parse_split(split)
+    spec.check_inputs(names)
     check_transform(dense)
     kind = _encoding_kind(encoding, min_count, hash_buckets)
     if kind == "min_count" and (min_count is None or min_count < 1):
@@ -276,7 +345,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
         encoder.finalize()
         vocab_sizes = encoder.vocab_sizes()
         dense_params = dstats.params(dense)
-        sizes = spec.sizes(n_total)
+        sizes = spec.sizes(n_total, rows_per_input)
         assign = None
         if spec.kind == "random" and len(sizes) > 1:
             assign = np.repeat(np.arange(len(sizes), dtype=np.uint8), sizes)
@@ -285,7 +354,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
 
         # ---------------------------------------------------------------- pass 2
         bar = _Progress(progress, total_bytes, "pass 2/2 write")
-        bounds = np.cumsum([0] + sizes)  # sequential: split k holds global rows [bounds[k], bounds[k+1])
+        bounds = np.cumsum([0] + sizes)  # sequential, files: split k holds rows [bounds[k], bounds[k+1])
         row = 0
         try:
             for fm, n_expected in zip(fmts, rows_per_input):
@@ -318,7 +387,7 @@ def preprocess(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str
             "dense_fields": dense_fields,
             "sparse_fields": sparse_fields,
             "vocab_sizes": vocab_sizes,
-            "split": spec.meta(seed, n_total),
+            "split": spec.meta(seed, n_total, names, rows_per_input),
             "dense_transform": {"kind": dense, "params": dense_params},
             "categorical_encoding": encoder.meta(),
             "sources": [dict({"path": os.path.abspath(fm.path), "bytes": os.path.getsize(fm.path),
@@ -366,7 +435,7 @@ def _write_split(writer: DatasetWriter, spec: SplitSpec, table: pa.Table, row: i
     if len(spec.names) == 1:
         writer.write(spec.names[0], table)
         return
-    if assign is None:  # sequential
+    if assign is None:  # sequential, files: consecutive row ranges
         for k, name in enumerate(spec.names):
             lo, hi = max(bounds[k], row), min(bounds[k + 1], row + n)
             if hi > lo:

@@ -290,6 +290,10 @@ class Trainer:
             return read_summary(self.run_dir) or {}
         self.dmp.train()
         t_epoch, n_epoch = time.time(), 0
+        # The steps after each epoch's first, each timed from the end of the one before: the
+        # step rate without the loader's first window, one-time allocations and evaluation.
+        steady_s, steady_n, last_end = 0.0, 0, None
+        peak_before_eval: float | None = None   # peak RSS of the steps, before any evaluation
         try:
             with self._stop:
                 for epoch in range(self.start_epoch, cfg.epochs):
@@ -298,7 +302,7 @@ class Trainer:
                                        disable=not env.is_main or self.quiet,
                                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
                     t_epoch, n_epoch, loss_acc, loss_n = time.time(), 0, 0.0, 0
-                    step = first
+                    step, last_end = first, None
                     for batch in self.loader.epoch(epoch, first):
                         if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
                             break
@@ -308,6 +312,10 @@ class Trainer:
                             step, n_epoch = step + 1, n_epoch + batch.global_size
                             raise
                         step, n_epoch = step + 1, n_epoch + batch.global_size
+                        now = time.time()
+                        if last_end is not None:
+                            steady_s, steady_n = steady_s + now - last_end, steady_n + batch.global_size
+                        last_end = now
                         loss_acc, loss_n = loss_acc + loss, loss_n + 1
                         if step % cfg.log_every == 0 or step == self.steps_per_epoch:
                             el = time.time() - t_epoch
@@ -321,6 +329,8 @@ class Trainer:
                     train_seconds += el
                     samples += n_epoch
                     stopped_early = cfg.max_steps is not None and self.global_step >= cfg.max_steps
+                    if peak_before_eval is None:
+                        peak_before_eval = peak_memory_mb()["peak_rss_mb"]
                     valid = self.evaluate("valid")
                     row = {"epoch": epoch + 1, "global_step": self.global_step, "train_seconds": el,
                            "samples_per_second": n_epoch / max(el, 1e-9),
@@ -377,9 +387,29 @@ class Trainer:
         summary.update({"wall_seconds": time.time() - t_start, "train_seconds": train_seconds,
                         "samples_per_second": samples / train_seconds if train_seconds else 0.0,
                         **peak_memory_mb(env.device)})
+        if steady_s > 0:
+            summary["steady_samples_per_second"] = steady_n / steady_s
+        if status == "ok":   # every rank is here, in step (the test pass above was collective)
+            summary["ranks"] = self._rank_memory(summary["peak_rss_mb"], peak_before_eval)
         if self.run_dir and env.is_main:
             write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
+
+    def _rank_memory(self, peak_rss_mb: float, before_eval: float | None) -> list[dict[str, Any]]:
+        """Per rank (gathered to every rank): its peak RSS (over the run, and when the first
+        evaluation began: the steps alone when that is the first epoch's end) and the rows and
+        bytes of the table shards it holds, so a memory report can split each rank's RSS into
+        its tables (with their gradient and Adam moments, each as large again) and everything
+        else; rank 0's peak alone hides the other ranks' shards."""
+        mine = {"rank": self.env.rank, "peak_rss_mb": peak_rss_mb,
+                "peak_rss_mb_before_eval": before_eval,
+                "table_rows": sum(g.rows for g in self.groups),
+                "table_bytes": sum(g.weight.numel() * g.weight.element_size() for g in self.groups)}
+        if self.env.world_size == 1:
+            return [mine]
+        ranks: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(ranks, mine)
+        return ranks
 
     def run(self) -> dict[str, Any]:
         try:

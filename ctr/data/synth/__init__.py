@@ -10,7 +10,8 @@ feeds two outputs, which for the same ``(rows, seed)`` hold the same rows in the
   model; its docstring states them), :class:`SynthConfig`, Criteo's cardinalities, the Zipf
   sampler;
 - :mod:`~ctr.data.synth.tsv`: :func:`write_raw_criteo_tsv`, a raw Criteo TSV, to exercise
-  ``ctr-preprocess``;
+  ``ctr-preprocess``, and :func:`write_raw_criteo_days`, the same rows as Criteo-1TB-style
+  ``day_N`` files;
 - :mod:`~ctr.data.synth.dataset`: :func:`generate_dataset`, straight to a processed dataset
   (:mod:`ctr.data.dataset`) encoded as ``ctr-preprocess`` would, plus the true probability
   (column ``oracle_p``) and the test split's oracle AUC in ``meta.json``;
@@ -34,7 +35,8 @@ from ctr.data.synth.demo import DEMO_ROWS, data_root, ensure_demo_dataset, resol
 from ctr.data.synth.model import (CHUNK_ROWS, CRITEO_CARDINALITY, CRITEO_ROWS, GENERATOR_VERSION,
                                   Chunk, PlantedModel, SynthConfig, ZipfSampler, check_rows,
                                   make_config, support_sizes)
-from ctr.data.synth.tsv import scramble_ids, tsv_parts, write_raw_criteo_tsv
+from ctr.data.synth.tsv import (day_file_names, day_sizes, scramble_ids, tsv_parts,
+                                write_raw_criteo_days, write_raw_criteo_tsv)
 
 __all__ = [
     "CHUNK_ROWS", "CRITEO_CARDINALITY", "CRITEO_ROWS", "DEMO_ROWS",
@@ -42,4 +44,5 @@ __all__ = [
     "add_synth_arguments", "check_rows", "data_root", "ensure_demo_dataset", "resolve_dataset", "synthetic_dir", "generate_dataset",
     "make_config", "oracle_metrics", "parse_rows", "scramble_ids", "split_spec",
     "support_sizes", "synth_main", "tsv_parts", "write_raw_criteo_tsv",
+    "day_file_names", "day_sizes", "write_raw_criteo_days",
 ]

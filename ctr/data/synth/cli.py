@@ -9,6 +9,7 @@ Example::
 
     ctr-preprocess synth --rows 2m --out data/synth-2m                  # processed dataset
     ctr-preprocess synth --rows 500k --format tsv --out data/s.tsv.gz   # raw TSV to preprocess
+    ctr-preprocess synth --rows 3m --format days --days 3 --out data/days   # day_0, day_1, day_2
     parse_rows("2.5m")                                                  # 2_500_000
 """
 
@@ -27,10 +28,11 @@ from ctr.data.preprocess import SplitSpec
 from ctr.data.synth.dataset import DEFAULT_SPLIT, generate_dataset, split_spec
 from ctr.data.synth.demo import DEMO_ROWS
 from ctr.data.synth.model import SynthConfig, check_rows
-from ctr.data.synth.tsv import write_raw_criteo_tsv
+from ctr.data.synth.tsv import day_file_names, day_sizes, write_raw_criteo_days, write_raw_criteo_tsv
 
 # Row counts are decimal: k = 1,000, m = 1,000,000, g/b = 10**9 ("--rows 2m" is two million
 # rows). Batch sizes are binary instead (ctr.optim.scaling.parse_batch: "128k" = 131,072).
+_DAY_FILE = re.compile(r"day_\d+(\.gz)?")     # what --format days writes (and what it refuses to mix)
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 
 
@@ -72,11 +74,19 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the "
                         "planted model (default 0)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output dataset directory, or .tsv/.tsv.gz file with --format tsv "
-                             "(default data/synthetic-ROWS[.tsv])")
-    parser.add_argument("--format", choices=("dataset", "tsv"), default="dataset",
+                        help="output dataset directory, .tsv/.tsv.gz file with --format tsv, "
+                             "directory of day files with --format days "
+                             "(default data/synthetic-ROWS[.tsv|-days])")
+    parser.add_argument("--format", choices=("dataset", "tsv", "days"), default="dataset",
                         help="dataset: processed dataset, ready for ctr-train; tsv: raw Criteo "
-                             "TSV for ctr-preprocess (default dataset)")
+                             "TSV for ctr-preprocess; days: Criteo-1TB-style day_0..day_{N-1} "
+                             "raw files from one planted model, for ctr-preprocess --split "
+                             "files:N-1,1 (default dataset)")
+    parser.add_argument("--days", type=positive_int, default=None, metavar="N",
+                        help="--format days: how many day files (the rows cut into N consecutive "
+                             "days of equal size, to one row)")
+    parser.add_argument("--gzip", action="store_true",
+                        help="--format days: write day_N.gz (--format tsv: gzip by the .gz suffix)")
     parser.add_argument("--split", type=_parse_split, default=split_spec(DEFAULT_SPLIT),
                         help="train,test (or train,valid,test) fractions for --format dataset, "
                              "rounded as ctr-preprocess rounds them (default 0.9,0.1)")
@@ -114,20 +124,70 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
-def _rows_tag(rows: int) -> str:
+def rows_tag(rows: int) -> str:
+    """A row count as written in names: ``2m``, ``500k``, ``1234`` (the inverse of :func:`parse_rows`)."""
     for suf, mult in (("g", 10**9), ("m", 10**6), ("k", 10**3)):
         if rows % mult == 0:
             return f"{rows // mult}{suf}"
     return str(rows)
 
 
+def _days_main(args: argparse.Namespace, kw: dict[str, Any]) -> int:
+    """``--format days``: day files in ``--out``, refused over other day files without
+    ``--overwrite``; day files that are not among those written are refused even then, so
+    that ``DIR/day_*`` is exactly this data."""
+    if args.days is None:
+        print("error: --format days needs --days N", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out is not None else Path("data") / f"synthetic-{rows_tag(args.rows)}-days"
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file; --format days writes a directory of day files",
+              file=sys.stderr)
+        return 2
+    try:
+        day_sizes(args.rows, args.days)
+    except ValueError as e:
+        print(f"error: --days {args.days}: {e}", file=sys.stderr)
+        return 2
+    names = set(day_file_names(args.days, args.gzip))
+    present = sorted(p.name for p in out.iterdir() if _DAY_FILE.fullmatch(p.name)) if out.is_dir() else []
+    extra = [n for n in present if n not in names]
+    if extra:
+        print(f"error: {out} holds {', '.join(extra[:5])}, which this run would not write; "
+              "remove them or use another --out, so that the directory's day files are one "
+              "dataset", file=sys.stderr)
+        return 2
+    if present and not args.overwrite:
+        print(f"error: {out} already holds {', '.join(present[:5])}; pass --overwrite to "
+              "replace them", file=sys.stderr)
+        return 2
+    info = write_raw_criteo_days(out, args.rows, args.days, seed=args.seed, gzip=args.gzip,
+                                 progress=not args.quiet, **kw)
+    sizes = ", ".join(f"{Path(f['path']).name} {f['rows']:,}" for f in info["files"][:4])
+    more = ", ..." if args.days > 4 else ""
+    print(f"wrote {out}: {info['rows']:,} rows in {args.days} day files ({sizes}{more}), "
+          f"{info['bytes'] / 2**20:,.1f} MiB, positive rate {info['positive_rate']:.4f}, "
+          f"{info['rows_per_second']:,.0f} rows/s")
+    return 0
+
+
 def synth_main(args: argparse.Namespace) -> int:
     """Runs ``ctr-preprocess synth``; returns the exit status."""
     progress = not args.quiet
     kw = _model_kwargs(args)
+    fmt = args.format
+    if getattr(args, "days", None) is not None and fmt != "days":
+        print("error: --days goes with --format days", file=sys.stderr)
+        return 2
+    if getattr(args, "gzip", False) and fmt != "days":
+        print("error: --gzip goes with --format days (for --format tsv, name the file .tsv.gz)",
+              file=sys.stderr)
+        return 2
+    if fmt == "days":
+        return _days_main(args, kw)
     out = args.out
     if args.format == "tsv":
-        out = Path(out) if out is not None else Path("data") / f"synthetic-{_rows_tag(args.rows)}.tsv"
+        out = Path(out) if out is not None else Path("data") / f"synthetic-{rows_tag(args.rows)}.tsv"
         if out.exists() and not args.overwrite:
             print(f"error: {out} exists; pass --overwrite to replace it", file=sys.stderr)
             return 2
@@ -138,7 +198,7 @@ def synth_main(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {info['rows']:,} rows, {info['bytes'] / 2**20:,.1f} MiB, "
               f"positive rate {info['positive_rate']:.4f}, {info['rows_per_second']:,.0f} rows/s")
         return 0
-    out = Path(out) if out is not None else Path("data") / f"synthetic-{_rows_tag(args.rows)}"
+    out = Path(out) if out is not None else Path("data") / f"synthetic-{rows_tag(args.rows)}"
     t0 = time.perf_counter()
     try:
         meta = generate_dataset(out, args.rows, seed=args.seed, split=args.split,

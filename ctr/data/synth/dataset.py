@@ -52,8 +52,7 @@ def split_spec(split: Sequence[float] | str | SplitSpec) -> SplitSpec:
         spec = parse_split("random:" + ",".join(repr(float(s)) for s in split))
     if spec.kind != "random" or len(spec.names) == 1:
         raise ValueError(f"a synthetic split is random with 2 (train,test) or 3 "
-                         f"(train,valid,test) fractions, got {spec.kind}:"
-                         + ",".join(f"{r:g}" for r in spec.ratios))
+                         f"(train,valid,test) fractions, got {spec.text()}")
     return spec
 
 

@@ -8,21 +8,26 @@ bijective scramble, so ids look hashed but the vocabulary is unchanged. For the 
 :func:`ctr.data.synth.generate_dataset` (one row generator, :class:`PlantedModel`). Lines are
 built column-wise in Arrow (C++), not per row in Python.
 
+:func:`write_raw_criteo_days` cuts the same row stream into Criteo-1TB-style ``day_N`` files
+(one planted model for all days; the days concatenated are the single file byte for byte).
+
 Example::
 
     write_raw_criteo_tsv("data/synth.tsv.gz", 1_000_000, seed=0)   # gzip by the suffix
     # then: ctr-preprocess data/synth.tsv.gz --out data/synth-pp
+    write_raw_criteo_days("data/days", 3_000_000, days=3)          # data/days/day_0 .. day_2
+    # then: ctr-preprocess data/days/day_* --out data/c1tb --split files:2,1 --min-count 10
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
+import gzip as gzip_format
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -100,6 +105,130 @@ def tsv_parts(ch: Chunk, keys: np.ndarray) -> list[memoryview]:
     return [memoryview(data)[int(off[0]):int(off[-1])], memoryview(b"\n")]
 
 
+def day_sizes(rows: int, days: int) -> list[int]:
+    """Rows of each of ``days`` day files of ``rows`` rows in all: day ``d`` holds the rows
+    ``[d*rows//days, (d+1)*rows//days)`` of the one generated stream, so days differ by at most
+    one row (cut inside generator chunks where needed). ``ValueError`` unless
+    ``1 <= days <= rows``."""
+    if int(days) != days or days < 1:
+        raise ValueError(f"days must be a positive whole number, got {days!r}")
+    if days > rows:
+        raise ValueError(f"{days} days of {rows:,} rows: every day needs at least one row")
+    return [(d + 1) * rows // days - d * rows // days for d in range(days)]
+
+
+def day_file_names(days: int, gzip: bool = False) -> list[str]:
+    """``day_0 .. day_{days-1}`` (``.gz`` appended with ``gzip``), as the Criteo 1TB log names them."""
+    return [f"day_{d}" + (".gz" if gzip else "") for d in range(days)]
+
+
+def _slice(ch: Chunk, lo: int, hi: int) -> Chunk:
+    return Chunk(ch.label[lo:hi], ch.dense[lo:hi], ch.ids[lo:hi], ch.p[lo:hi])
+
+
+class _AtomicFile:
+    """One output file written to a temporary name beside it (gzip when its name ends with
+    ``.gz``) and renamed into place by :meth:`commit`, so a file at ``path`` is always whole;
+    :meth:`abort` removes the temporary."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self._raw = open(self.tmp, "wb")
+        self.sink: Any = (gzip_format.GzipFile(fileobj=self._raw, mode="wb", compresslevel=1)
+                          if path.name.endswith(".gz") else self._raw)
+
+    def commit(self) -> None:
+        if self.sink is not self._raw:
+            self.sink.close()
+        self._raw.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.sink is not self._raw:
+                self.sink.close()
+            self._raw.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+def _write_tsv_files(files: Sequence[tuple[Path, int]], seed: int, progress: bool,
+                     keep_oracle_of_last: bool = False, **model_kwargs) -> dict[str, Any]:
+    """The one chunk -> lines -> file loop of both writers: the rows of ONE
+    :class:`PlantedModel` of ``sum(rows)`` rows, in generation order, the first ``files[0][1]``
+    into ``files[0][0]``, the next into ``files[1][0]``, ... (chunks cut where a file ends), so
+    the files' concatenation is the single-file output byte for byte. Each file is atomic
+    (:class:`_AtomicFile`) and committed when its last row is written; an error or Ctrl-C
+    removes the file in progress and leaves the finished ones. ``keep_oracle_of_last``: also
+    score the true probability on the last file's rows (its oracle AUC), which holds that
+    file's labels and probabilities in memory (9 B a row)."""
+    rows = check_rows(sum(n for _, n in files))
+    if any(n < 1 for _, n in files):
+        raise ValueError("every file needs at least one row")
+    t0 = time.perf_counter()
+    model = PlantedModel(seed, rows, make_config(**model_kwargs))
+    keys = _scramble_keys(seed, len(model.sparse_fields))
+    last = len(files) - 1
+
+    def pieces():                      # runs one chunk ahead of the writes, in a thread
+        f, left = 0, files[0][1]
+        for ch in model.chunks():
+            lo, n = 0, ch.label.shape[0]
+            while lo < n:
+                take = min(left, n - lo)
+                part = ch if take == n else _slice(ch, lo, lo + take)
+                oracle = (part.label, part.p.astype(np.float32)) \
+                    if keep_oracle_of_last and f == last else None
+                yield f, take, int(part.label.sum()), tsv_parts(part, keys), oracle
+                lo, left = lo + take, left - take
+                if left == 0 and f < last:
+                    f += 1
+                    left = files[f][1]
+
+    written: list[dict[str, Any]] = [{"path": str(p), "rows": n, "positives": 0, "bytes": 0}
+                                     for p, n in files]
+    oracle_y: list[np.ndarray] = []
+    oracle_p: list[np.ndarray] = []
+    current: tuple[int, _AtomicFile] | None = None
+    desc = f"synth tsv {files[0][0].name}" + (f" .. {files[-1][0].name}" if len(files) > 1 else "")
+    try:
+        with progress_bar(total=rows, desc=desc, unit="row", unit_scale=True,
+                          dynamic_ncols=True, disable=not progress) as bar:
+            for f, n, pos, parts, oracle in _prefetch(pieces, depth=1):
+                if current is None or current[0] != f:
+                    if current is not None:
+                        current[1].commit()
+                    current = (f, _AtomicFile(files[f][0]))
+                for part in parts:
+                    current[1].sink.write(part)
+                written[f]["positives"] += pos
+                if oracle is not None:
+                    oracle_y.append(oracle[0])
+                    oracle_p.append(oracle[1])
+                bar.update(n)
+            assert current is not None and current[0] == last
+            current[1].commit()
+            current = None
+    except BaseException:
+        if current is not None:
+            current[1].abort()
+        raise
+    secs = time.perf_counter() - t0
+    for w, (p, _) in zip(written, files):
+        w["bytes"] = p.stat().st_size
+        w["positive_rate"] = w["positives"] / w["rows"]
+    positives = sum(w["positives"] for w in written)
+    out: dict[str, Any] = {
+        "rows": rows, "seed": seed, "positives": positives, "positive_rate": positives / rows,
+        "bytes": sum(w["bytes"] for w in written), "seconds": secs,
+        "rows_per_second": rows / secs if secs > 0 else float("inf"), "files": written}
+    if keep_oracle_of_last:
+        from ctr.data.synth.dataset import oracle_metrics
+        out["oracle_last"] = oracle_metrics(np.concatenate(oracle_y), np.concatenate(oracle_p))
+    return out
+
+
 def write_raw_criteo_tsv(path: str | os.PathLike, rows: int, seed: int = 0, progress: bool = True,
                          **model_kwargs) -> dict[str, Any]:
     """Writes ``rows`` synthetic rows as a raw Criteo TSV (gzip if ``path`` ends with ``.gz``).
@@ -111,36 +240,30 @@ def write_raw_criteo_tsv(path: str | os.PathLike, rows: int, seed: int = 0, prog
     rows = check_rows(rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    model = PlantedModel(seed, rows, make_config(**model_kwargs))
-    keys = _scramble_keys(seed, len(model.sparse_fields))
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    positives = 0
+    info = _write_tsv_files([(path, rows)], seed, progress, **model_kwargs)
+    del info["files"]
+    return {"path": str(path), **info}
 
-    def lines():                       # runs one chunk ahead of the writes, in a thread
-        nonlocal positives
-        for ch in model.chunks():
-            positives += int(ch.label.sum())
-            yield ch.label.shape[0], tsv_parts(ch, keys)
 
-    try:
-        with contextlib.ExitStack() as stack:
-            raw = stack.enter_context(open(tmp, "wb"))
-            sink = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1)) \
-                if path.name.endswith(".gz") else raw
-            bar = stack.enter_context(progress_bar(
-                total=rows, desc=f"synth tsv {path.name}", unit="row", unit_scale=True,
-                dynamic_ncols=True, disable=not progress))
-            for n, parts in _prefetch(lines, depth=1):
-                for part in parts:
-                    sink.write(part)
-                bar.update(n)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    secs = time.perf_counter() - t0
-    return {"path": str(path), "rows": rows, "seed": seed, "positives": positives,
-            "positive_rate": positives / rows, "bytes": path.stat().st_size, "seconds": secs,
-            "rows_per_second": rows / secs if secs > 0 else float("inf")}
+def write_raw_criteo_days(out_dir: str | os.PathLike, rows: int, days: int, seed: int = 0,
+                          gzip: bool = False, progress: bool = True, oracle_last: bool = False,
+                          **model_kwargs) -> dict[str, Any]:
+    """Writes ``rows`` synthetic rows as Criteo-1TB-style day files ``out_dir/day_0 ..
+    day_{days-1}`` (``day_N.gz`` with ``gzip``): TAB, 40 fields, as the 1TB log's ``day_N``.
+
+    All days come from ONE :class:`PlantedModel` of ``rows`` rows (one id support, one label
+    model), its rows cut into consecutive days by :func:`day_sizes` (equal to one row), so every
+    day has the same distribution and a model trained on the first days is tested on the last
+    one as on the real log (which has no drift to speak of either). For the same ``(rows,
+    seed)`` the days concatenated are byte for byte :func:`write_raw_criteo_tsv`'s file. Each
+    file is written to a temporary name and renamed into place (existing day files of those
+    names are replaced). ``oracle_last``: also return the last day's oracle AUC (the true
+    probability scored on its labels; holds that day's labels and probabilities, 9 B a row).
+    Returns a summary with per-file rows, positives and bytes.
+    """
+    rows = check_rows(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [(out / name, n) for name, n in zip(day_file_names(days, gzip), day_sizes(rows, days))]
+    info = _write_tsv_files(files, seed, progress, keep_oracle_of_last=oracle_last, **model_kwargs)
+    return {"dir": str(out), "days": days, **info}
