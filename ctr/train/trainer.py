@@ -62,23 +62,39 @@ class _StopRequested(Exception):
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, source: BatchSource, env: DistEnv) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels of a whole split (``source``: every row once, e.g.
-    ``RunData.evaluation(split, batch)``); every rank takes part (sharded tables)."""
+    """Probabilities (float32) and 0/1 labels (uint8) of a whole split (``source``: every row
+    once, e.g. ``RunData.evaluation(split, batch)``), gathered on every rank; every rank takes
+    part (sharded tables). 5 bytes a row, for :func:`ctr.metrics.click_metrics`."""
     was_training = model.training
     model.eval()
     probs, labels = [], []
     for b in source.epoch(0):
         b = b.to(env.device)
         probs.append(torch.sigmoid(model(b.dense, b.ids)).float().cpu())
-        labels.append(b.labels.cpu())
+        labels.append((b.labels > 0.5).to(torch.uint8).cpu())
     model.train(was_training)
     p = torch.cat(probs) if probs else torch.empty(0)
-    y = torch.cat(labels) if labels else torch.empty(0)
+    y = torch.cat(labels) if labels else torch.empty(0, dtype=torch.uint8)
     if env.world_size > 1:  # local slices are interleaved per batch; order does not matter for AUC
-        gathered: list[Any] = [None] * env.world_size
-        dist.all_gather_object(gathered, (p.numpy(), y.numpy()))
-        return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
+        return _gather_rows(p, env).numpy(), _gather_rows(y, env).numpy()
     return p.numpy(), y.numpy()
+
+
+def _gather_rows(local: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Every rank's 1-D ``local`` concatenated in rank order, on every rank: one tensor
+    all-gather padded to the longest (``all_gather_object`` would pickle a split's predictions
+    and hold them several times over)."""
+    dev = env.device if env.backend == "nccl" else torch.device("cpu")
+    sizes_t = torch.zeros(env.world_size, dtype=torch.long, device=dev)
+    sizes_t[env.rank] = local.numel()
+    dist.all_reduce(sizes_t)
+    sizes = sizes_t.tolist()
+    buf = torch.zeros(max(sizes), dtype=local.dtype, device=dev)
+    buf[:local.numel()] = local.to(dev)
+    parts = [torch.empty_like(buf) for _ in sizes]
+    dist.all_gather(parts, buf)
+    del buf
+    return torch.cat([t[:n].cpu() for t, n in zip(parts, sizes)])
 
 
 LoaderFactory = Callable[[DatasetSchema, TrainConfig, DistEnv], RunData]
