@@ -201,8 +201,10 @@ def record_lookups(dmp: nn.Module, groups: list[FusedGroup], world_size: int) ->
     the ids it receives after TorchRec's input distribution. A table_wise TBE gets its
     tables' ids of the whole global batch; a row_wise one the ids of its rows, already minus
     the shard's first row (block bucketize); a data-parallel one this rank's ids. In each case
-    the id is the row within the shard, so its group row is ``fused_row + id``. Evaluation
-    forwards (``module.training`` False) record nothing."""
+    the id is the row within the shard, so its group row is ``fused_row + id`` (checked here:
+    each table's rows in the TBE are its shard's). Per-sample weights (a weighted KJT) change no
+    count: an id occurs once whatever its weight. Evaluation forwards (``module.training``
+    False) record nothing."""
     recorder = LookupRecorder(groups, world_size)
     by_weight = {id(g.weight): g for g in groups}
     # A sharded EBC keeps its lookups (one per sharding type) in a plain list, not as submodules.
@@ -213,6 +215,11 @@ def record_lookups(dmp: nn.Module, groups: list[FusedGroup], world_size: int) ->
         if group is None:   # only empty shards here: no id can arrive
             continue
         start = {s.table: s.fused_row for s in group.shards}
+        for t, shard in ((t, s) for t in module.config.embedding_tables for s in group.shards
+                         if s.table == t.name):
+            if t.local_rows != shard.rows:
+                raise RuntimeError(f"{t.name}: its lookup holds {t.local_rows} rows, its shard "
+                                   f"{shard.rows}: ids cannot be mapped to the shard's rows")
         fused_row = {f: start.get(t.name, 0) for t in module.config.embedding_tables for f in t.feature_names}
         module.register_forward_pre_hook(_LookupHook(recorder, group, fused_row))
     return recorder
