@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ctr.distributed.shards import FusedGroup
 
-__all__ = ["GlobalIdCounts", "IdCounter", "LookupCounts", "LookupRecorder", "RowCounts",
+__all__ = ["GlobalIdCounts", "GroupIndex", "IdCounter", "LookupCounts", "LookupRecorder", "RowCounts",
            "needs_global_ids"]
 
 # A batch with fewer occurrences than rows / this sorts its ids; a larger one counts into a
