@@ -144,7 +144,8 @@ def time_ctr(args, batch: int, backend: str, update: str) -> dict:
     t_batch = time_steps(nxt, 1, steps)
     last = nxt()
     _backward_only(tr, last)
-    t_clip = time_steps(lambda: tr.opt.clip_(last.global_ids), 1, steps)
+    counts = tr.parts.row_counts(last.global_ids)   # what its forward's lookups received
+    t_clip = time_steps(lambda: tr.opt.clip_(counts), 1, steps)
     tr.opt.zero_grad()
     mcfg = cfg.model_config
     out = {"step_s": t_step, "cowclip_s": t_clip, "batch_assembly_s": t_batch, "steps_timed": steps,

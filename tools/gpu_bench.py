@@ -184,7 +184,7 @@ def bench_batch(data: str, batch: int, device: str, steps: int, warmup: int, mod
         tr.parts.sync_gradients(b.global_ids)
         sync()
         te = time.perf_counter()
-        tr.opt.step(b.global_ids)
+        tr.opt.step(tr.parts.row_counts(b.global_ids))
         sync()
         tf = time.perf_counter()
         for k, v in zip(phases, (tb - ta, tc - tb, td - tc, te - td, tf - te)):
@@ -195,10 +195,11 @@ def bench_batch(data: str, batch: int, device: str, steps: int, warmup: int, mod
     (F.binary_cross_entropy_with_logits(tr.dmp(b.dense, b.ids), b.labels, reduction="sum")
      * (world / b.global_size)).backward()
     tr.parts.sync_gradients(b.global_ids)
+    counts = tr.parts.row_counts(b.global_ids)
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        tr.opt.clip_(b.global_ids)
+        tr.opt.clip_(counts)
     sync()
     t_clip = (time.perf_counter() - t0) / steps
     row = {"batch": batch, "samples_per_s": batch / t_step, "step_ms": t_step * 1e3,

@@ -60,7 +60,9 @@ class Batch:
     dense: torch.Tensor        # float32 [b, D]
     ids: torch.Tensor          # int32 [b, F]: this rank's ids, one per sparse field
     labels: torch.Tensor       # float32 [b]
-    global_ids: torch.Tensor   # int32 [B, F]: the whole global batch's ids (for CowClip counts)
+    global_ids: torch.Tensor   # int32 [B, F]: the whole global batch's ids (the torch backend's
+                               # row sync and CowClip counts); [0, F] where not gathered (stream
+                               # loader, torchrec backend: the lookups count, ctr.distributed.counts)
     global_size: int           # B, rows in the global batch
     keys: list[str] = field(default_factory=list)   # the sparse fields, in the ids' column order
     _kjt: Any = field(default=None, repr=False, compare=False)

@@ -15,8 +15,9 @@
 
 The trainer (:class:`~ctr.train.trainer.Trainer`), ``ctr-eval`` and the tools go through
 here and never ask which loader they have: both yield :class:`~ctr.data.loader.Batch` es
-with the whole global batch's ids, the same number of steps on every rank, and replay an
-epoch from any step. This module imports neither torch nor pyarrow at import time, so
+with the same number of steps on every rank, and replay an epoch from any step. The memory
+loader's carry the whole global batch's ids; the streaming loader's only where the run needs
+them (the torch backend: :func:`ctr.distributed.counts.needs_global_ids`). This module imports neither torch nor pyarrow at import time, so
 ``ctr-train --help`` stays instant.
 
 Example::
@@ -144,9 +145,11 @@ def open_run_data(ds: "DatasetSchema", cfg: "TrainConfig", env: "DistEnv") -> Ru
         return open_memory_data(ds, cfg.batch, cfg.seed, cfg.drop_last, env, rate)
     if cfg.loader == "stream":
         from ctr.data.stream import open_stream_data
+        from ctr.distributed.counts import needs_global_ids
         assert cfg.loader_streams is not None, "resolve_loader() first"
         return open_stream_data(ds, cfg.batch, cfg.seed, cfg.drop_last, env, rate,
-                                streams=cfg.loader_streams, shuffle_buffer=cfg.shuffle_buffer)
+                                streams=cfg.loader_streams, shuffle_buffer=cfg.shuffle_buffer,
+                                gather_ids=needs_global_ids(cfg.embedding_backend))
     raise ValueError(f"loader {cfg.loader!r} is not resolved (memory or stream); call resolve_loader")
 
 

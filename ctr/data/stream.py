@@ -15,8 +15,10 @@
         │ stream, concatenated ──▶ a queue of PREFETCH local batches; while a window is being
         │ used, the next one is read a row group per step, so no step waits for a whole window
         ▼
-    StreamLoader.epoch(e, k), main thread: local batch ──all-gather of the ids──▶ Batch with the
-        global batch's ids (CowClip counts; ctr.distributed.gather), one collective per step
+    StreamLoader.epoch(e, k), main thread: local batch ──▶ Batch. The torch embedding backend
+        all-gathers the ids too (its replicated tables sync their touched rows by them; one
+        collective per step, ctr.distributed.gather); TorchRec's sharded lookups receive every
+        id of their rows anyway and count them there (ctr.distributed.counts): no gather
 
 **The global batch does not depend on the world size.** Step s's global batch is stream 0's
 slot, then stream 1's, ..., then stream V-1's, and each stream's order is a function of
@@ -408,8 +410,8 @@ class _Cursor:
 class StreamLoader:
     """This rank's batches of one split, streamed from its share of the row groups (see the
     module docstring). ``gather``: turns the local ids into the global batch's (given the rows of
-    every rank), :func:`ctr.distributed.gather.global_batch_ids` in a run; None for evaluation,
-    whose batches then carry no global ids (an empty tensor)."""
+    every rank), :func:`ctr.distributed.gather.global_batch_ids` in a torch-backend run; None for
+    evaluation and TorchRec runs, whose batches then carry no global ids (an empty tensor)."""
 
     def __init__(self, layout: SplitLayout, batch: int, *, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = False, streams: int = 1, rank: int = 0, world_size: int = 1,
@@ -557,11 +559,16 @@ def eval_loader(layout: SplitLayout, batch: int, env: DistEnv) -> StreamLoader:
 
 
 def open_stream_data(ds: DatasetSchema, batch: int, seed: int, drop_last: bool, env: DistEnv,
-                     positive_rate: float, streams: int, shuffle_buffer: int) -> RunData:
-    """The ``stream`` loader of a run: the train split streamed with the ids all-gathered each
-    step; valid and test streamed in order for evaluation. Every file's footer is checked now."""
-    from ctr.distributed.gather import global_batch_ids
-    gather = functools.partial(global_batch_ids, device=env.device if env.backend == "nccl" else None)
+                     positive_rate: float, streams: int, shuffle_buffer: int,
+                     gather_ids: bool = True) -> RunData:
+    """The ``stream`` loader of a run: the train split streamed, with the ids all-gathered each
+    step when ``gather_ids`` (the torch backend's need: :func:`ctr.distributed.counts.
+    needs_global_ids`; else the batches' ``global_ids`` are empty); valid and test streamed in
+    order for evaluation. Every file's footer is checked now."""
+    gather: Gather | None = None
+    if gather_ids:
+        from ctr.distributed.gather import global_batch_ids
+        gather = functools.partial(global_batch_ids, device=env.device if env.backend == "nccl" else None)
     train = StreamLoader(SplitLayout(ds, "train"), batch, seed=seed, shuffle=True, drop_last=drop_last,
                          streams=streams, rank=env.rank, world_size=env.world_size,
                          shuffle_buffer=shuffle_buffer, gather=gather)

@@ -1,18 +1,18 @@
 """The whole global batch's ids, from ranks that each read only their own rows.
 
-CowClip's threshold counts each id over the *global* batch (``CTROptimizer.step(global_ids)``).
-The in-memory loader knows the global batch on every rank without communication; the
-streaming loader (:mod:`ctr.data.stream`) gives a rank only its rows, so the ids are
-all-gathered once per step::
+The torch embedding backend replicates every table, and its gradient sync
+(:meth:`ctr.train.build.ModelParts.sync_gradients`) and CowClip counts need the *global*
+batch's ids. The in-memory loader knows the global batch on every rank without communication;
+the streaming loader (:mod:`ctr.data.stream`) gives a rank only its rows, so for that backend
+the ids are all-gathered once per step::
 
     rank 0: ids [b0, F] ─┐
     rank 1: ids [b1, F] ─┼─ all_gather (padded to max b) ──▶ every rank: [b0 + b1 + ..., F]
     ...                 ─┘                                   rank 0's rows first
 
-That is O(B·F) int32 per step, independent of the tables' size, and leaves the optimizer as it
-is. It is kept behind this one function so that it can be replaced by counting inside
-TorchRec's sharded lookup (each shard sees exactly its rows' ids after the input all-to-all),
-which would save the collective.
+That is O(B·F) int32 per step, independent of the tables' size. The torchrec backend no longer
+calls it: each sharded lookup counts the ids it receives after TorchRec's input all-to-all, and
+data-parallel tables all-reduce a count vector instead (:mod:`ctr.distributed.counts`).
 
 Example::
 

@@ -24,6 +24,7 @@ Example::
     dmp = shard_model(model, env, "auto")
     groups = fused_groups(dmp)
     init_embeddings_(groups, seed=0, std=1e-2)     # ctr.distributed.shards
+    recorder = record_lookups(dmp, groups, env.world_size)   # CowClip's counts (ctr.distributed.counts)
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ import logging
 import os
 import warnings
 
+import torch
 from torch import nn
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.batched_embedding_kernel import BaseBatchedEmbeddingBag
+from torchrec.distributed.embeddingbag import (EmbeddingBagCollectionSharder,
+                                             ShardedEmbeddingBagCollection)
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.sharding_plan import (construct_module_sharding_plan, data_parallel,
                                                 row_wise, table_wise)
@@ -41,6 +45,7 @@ from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ctr.distributed.choices import SHARDINGS
+from ctr.distributed.counts import LookupRecorder
 from ctr.distributed.env import DistEnv
 from ctr.distributed.shards import SPARSE_MODULES, FusedGroup, TableShard, is_table_param
 from ctr.models.config import field_of, kind_of
@@ -188,3 +193,55 @@ def fused_groups(dmp: nn.Module) -> list[FusedGroup]:
         g.shards.append(TableShard(table, field_of(table), kind, num_embeddings, dim, row_offset,
                                    rows, getattr(p, "_start_offset") // dim, replicated))
     return list(groups.values())
+
+
+def record_lookups(dmp: nn.Module, groups: list[FusedGroup], world_size: int) -> LookupRecorder:
+    """Hooks every TBE lookup of ``dmp`` that holds one of ``groups`` so that each training
+    forward records, in a :class:`~ctr.distributed.counts.LookupRecorder`, the group rows of
+    the ids it receives after TorchRec's input distribution. A table_wise TBE gets its
+    tables' ids of the whole global batch; a row_wise one the ids of its rows, already minus
+    the shard's first row (block bucketize); a data-parallel one this rank's ids. In each case
+    the id is the row within the shard, so its group row is ``fused_row + id`` (checked here:
+    each table's rows in the TBE are its shard's). Per-sample weights (a weighted KJT) change no
+    count: an id occurs once whatever its weight. Evaluation forwards (``module.training``
+    False) record nothing."""
+    recorder = LookupRecorder(groups, world_size)
+    by_weight = {id(g.weight): g for g in groups}
+    # A sharded EBC keeps its lookups (one per sharding type) in a plain list, not as submodules.
+    lookups = [lk for m in dmp.modules() if isinstance(m, ShardedEmbeddingBagCollection) for lk in m._lookups]
+    tbes = [m for lk in lookups for m in lk.modules() if isinstance(m, BaseBatchedEmbeddingBag)]
+    for module in tbes:
+        group = by_weight.get(id(getattr(module.emb_module, "weights", None)))
+        if group is None:   # only empty shards here: no id can arrive
+            continue
+        start = {s.table: s.fused_row for s in group.shards}
+        for t, shard in ((t, s) for t in module.config.embedding_tables for s in group.shards
+                         if s.table == t.name):
+            if t.local_rows != shard.rows:
+                raise RuntimeError(f"{t.name}: its lookup holds {t.local_rows} rows, its shard "
+                                   f"{shard.rows}: ids cannot be mapped to the shard's rows")
+        fused_row = {f: start.get(t.name, 0) for t in module.config.embedding_tables for f in t.feature_names}
+        module.register_forward_pre_hook(_LookupHook(recorder, group, fused_row))
+    return recorder
+
+
+class _LookupHook:
+    """The forward pre-hook of one TBE: its KJT's values as rows of ``group``."""
+
+    def __init__(self, recorder: LookupRecorder, group: FusedGroup, fused_row: dict[str, int]):
+        self.recorder, self.group, self.fused_row = recorder, group, fused_row
+        self._starts: dict[tuple[tuple[str, ...], torch.device], torch.Tensor] = {}
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        if not module.training:
+            return
+        kjt = args[0]
+        values = kjt.values()
+        key = (tuple(kjt.keys()), values.device)
+        starts = self._starts.get(key)
+        if starts is None:
+            starts = self._starts[key] = torch.tensor([self.fused_row[k] for k in key[0]],
+                                                      dtype=torch.long, device=values.device)
+        lengths = torch.tensor(kjt.length_per_key(), dtype=torch.long, device=values.device)
+        rows = values.long() + torch.repeat_interleave(starts, lengths, output_size=values.numel())
+        self.recorder.record(self.group, rows)

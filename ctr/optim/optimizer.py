@@ -3,7 +3,7 @@
 ::
 
     loss.backward()                      g = ∇ mean BCE over the global batch
-    CTROptimizer.step(global_ids):       (options.update = "dense", the paper's regime)
+    CTROptimizer.step(counts):           (options.update = "dense", the paper's regime)
       every table row (emb + linear)     g += 2·λ·w        (L2 over the whole table, the reference's)
       embedding rows                     g *= min(1, thr / ‖g‖)   (CowClip; cnt over the global
                                                             batch; absent rows cnt = 1)
@@ -15,6 +15,11 @@
       rows present in the global batch   g += 2·λ·w; CowClip (embedding rows); lazy Adam on these
                                          rows only (m, v, w of every other row untouched; bias
                                          correction by the global step count, as SparseAdam's)
+
+Where the counts come from (:mod:`ctr.distributed.counts`, one ``RowCounts`` per step):
+TorchRec's sharded lookups, which receive every id of the global batch that falls in their
+rows (data-parallel groups: summed over ranks), or the global batch's ids [B, F] (the torch
+backend; ``step(global_ids)`` counts them itself). Both give the same rows and counts.
 
 Where a group's gradient comes from: TorchRec's dense kernel leaves a full ``weight.grad``;
 the torch backend in training leaves the batch's touched rows in ``group.row_grad``
@@ -48,7 +53,8 @@ Example::
 
     opt = CTROptimizer(dense_parameters(dmp), fused_groups(dmp), hparams, warmup_steps=W,
                        sparse_fields=meta["sparse_fields"], options=OptimizerOptions())
-    opt.zero_grad(); loss.backward(); opt.step(batch.global_ids)
+    opt.zero_grad(); loss.backward(); opt.step(parts.row_counts(batch.global_ids))
+    opt.step(batch.global_ids)           # the same, counted from the global batch's ids
 """
 
 from __future__ import annotations
@@ -58,48 +64,12 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ctr.distributed.counts import IdCounter, RowCounts
 from ctr.distributed.shards import FusedGroup
 from ctr.models import reference_l2
 from ctr.optim.cowclip import cowclip_
 from ctr.optim.options import ADAM_BETAS, WARMUP_START_LR, OptimizerOptions
 from ctr.optim.scaling import Hyperparams
-
-
-class _GroupIndex:
-    """Precomputed per-shard tensors that map global batch ids to rows of one fused group."""
-
-    def __init__(self, group: FusedGroup, field_pos: dict[str, int], device: torch.device):
-        shards = group.shards
-        self.cols = torch.tensor([field_pos[s.field] for s in shards], dtype=torch.long, device=device)
-        self.lo = torch.tensor([s.row_offset for s in shards], dtype=torch.long, device=device)
-        self.rows = torch.tensor([s.rows for s in shards], dtype=torch.long, device=device)
-        self.start = torch.tensor([s.fused_row for s in shards], dtype=torch.long, device=device)
-        self.total_rows = group.rows
-
-    def _positions(self, global_ids: torch.Tensor) -> torch.Tensor:
-        """Group rows of every id occurrence in the global batch; ``total_rows`` for other shards'."""
-        local = global_ids.index_select(1, self.cols).long() - self.lo       # [B, shards]
-        inside = (local >= 0) & (local < self.rows)
-        return torch.where(inside, local + self.start, self.total_rows).flatten()
-
-    def counts(self, global_ids: torch.Tensor) -> torch.Tensor:
-        """Occurrences in the global batch of every row of the group (0 for absent rows)."""
-        pos = self._positions(global_ids)
-        return torch.bincount(pos, minlength=self.total_rows + 1)[: self.total_rows]
-
-    def present(self, global_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows present in the batch, sorted, their counts). A small batch sorts its few ids; a
-        large one counts into a table-sized histogram (cheaper than sorting millions of ids).
-        Only groups with a full ``weight.grad`` (O(table) already) come here: a row-grad group's
-        rows come from its own sort of the batch (:class:`ctr.models.row_grad.TouchedRows`)."""
-        pos = self._positions(global_ids)
-        if pos.numel() * 16 < self.total_rows:
-            rows, cnt = torch.unique(pos, return_counts=True)
-            keep = rows < self.total_rows
-            return rows[keep], cnt[keep]
-        counts = torch.bincount(pos, minlength=self.total_rows + 1)[: self.total_rows]
-        rows = counts.nonzero().squeeze(1)
-        return rows, counts.index_select(0, rows)
 
 
 class CTROptimizer:
@@ -127,8 +97,8 @@ class CTROptimizer:
         self.sparse = (torch.optim.Adam(sparse, lr=hparams.embedding_lr, betas=ADAM_BETAS,
                                         eps=opts.adam_epsilon, weight_decay=2.0 * hparams.l2,
                                         fused=True) if sparse else None)
-        field_pos = {f: i for i, f in enumerate(sparse_fields)}
-        self._index = {id(g): _GroupIndex(g, field_pos, g.weight.device) for g in groups}
+        self._id_counter = IdCounter(groups, sparse_fields)
+        self._index = self._id_counter.index      # per group: global ids -> its rows
         for g in groups:
             if g.row_grad is not None and [s.field for s in g.shards] != list(sparse_fields):
                 raise ValueError(f"a row-gradient table's fields {[s.field for s in g.shards]} are not "
@@ -197,18 +167,22 @@ class CTROptimizer:
     def _has_grad(self, g: FusedGroup) -> bool:
         return g.row_grad is not None or g.weight.grad is not None
 
-    def _touched(self, g: FusedGroup, global_ids: torch.Tensor
+    def row_counts(self, batch: RowCounts | torch.Tensor) -> RowCounts:
+        """The step's counts: ``batch`` itself, or counted from the global batch's ids [B, F]."""
+        return batch if isinstance(batch, RowCounts) else self._id_counter.of(batch)
+
+    def _touched(self, g: FusedGroup, counts: RowCounts
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(rows of the group present in the global batch, sorted; their counts; their gradient
         ``[U, D]``; the full ``[rows, D]`` gradient it was gathered from, or None when the rows
         are the gradient itself). A row-grad group's values are modified in place by callers."""
         if g.row_grad is not None:
-            touched = g.row_grad.global_rows(global_ids)
+            touched = g.row_grad.global_rows(counts.ids)
             assert g.row_grad.values is not None
             return touched.rows, touched.counts, g.row_grad.values, None
-        rows, counts = self._index[id(g)].present(global_ids)
+        rows, cnt = counts.present(g)
         grad2d = g.view(g.weight.grad)
-        return rows, counts, grad2d.index_select(0, rows), grad2d
+        return rows, cnt, grad2d.index_select(0, rows), grad2d
 
     def _clip_total_(self, total: torch.Tensor, w_rows: torch.Tensor, counts: torch.Tensor
                      ) -> torch.Tensor:
@@ -217,8 +191,7 @@ class CTROptimizer:
         return cowclip_(total, w_rows, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
 
     @torch.no_grad()
-    def _cowclip_group_(self, g: FusedGroup, global_ids: torch.Tensor
-                        ) -> tuple[torch.Tensor, int]:
+    def _cowclip_group_(self, g: FusedGroup, batch: RowCounts) -> tuple[torch.Tensor, int]:
         """Clips the group's embedding rows in place (the dense regime: the gradient left for
         Adam's ``weight_decay = 2λ`` is ``clipped - 2λw``); returns (rows clipped, considered)."""
         hp = self.hp
@@ -226,17 +199,17 @@ class CTROptimizer:
         l2x2 = 2.0 * hp.l2
         if l2x2 > hp.r:  # absent rows could be clipped too: clip the whole table (exact, slower)
             if g.row_grad is not None:
-                g.row_grad.global_rows(global_ids)           # checks the rows cover the batch
+                g.row_grad.global_rows(batch.ids)            # checks the rows cover the batch
                 full = g.view(g.row_grad.dense(g.weight))
                 g.row_grad.mark_dense_dirty()                # absent rows are written too
             else:
                 full = g.view(g.weight.grad)
-            counts = self._index[id(g)].counts(global_ids)
+            counts = batch.counts(g)
             full.add_(w2d, alpha=l2x2)
             scale = self._clip_total_(full, w2d, counts)
             full.sub_(w2d, alpha=l2x2)
             return (scale < 1).sum(), scale.numel()
-        rows, counts, total, grad2d = self._touched(g, global_ids)
+        rows, counts, total, grad2d = self._touched(g, batch)
         w_rows = w2d.index_select(0, rows)
         total.add_(w_rows, alpha=l2x2)
         scale = self._clip_total_(total, w_rows, counts)
@@ -246,21 +219,25 @@ class CTROptimizer:
         return (scale < 1).sum(), rows.numel()
 
     @torch.no_grad()
-    def clip_(self, global_ids: torch.Tensor) -> None:
+    def clip_(self, batch: RowCounts | torch.Tensor) -> None:
         """CowClip on every embedding group's gradient, in place, as the dense regime's step
         does (``step`` calls it when the rule has CowClip on; public so a benchmark can time it
-        alone)."""
+        alone). ``batch``: as for :meth:`step`."""
+        counts = self.row_counts(batch)
         clipped: torch.Tensor | int = 0
         total = 0
         for g in self.groups:
             if g.kind == "embedding" and self._has_grad(g):
-                c, n = self._cowclip_group_(g, global_ids)
+                c, n = self._cowclip_group_(g, counts)
                 clipped, total = clipped + c, total + n
         self._last_clip = (clipped, total)
 
     @torch.no_grad()
-    def step(self, global_ids: torch.Tensor) -> None:
-        """One update; ``global_ids`` [B, F] are the whole global batch's ids (CowClip counts)."""
+    def step(self, batch: RowCounts | torch.Tensor) -> None:
+        """One update. ``batch``: the step's CowClip counts (:class:`~ctr.distributed.counts.
+        RowCounts`, e.g. from the sharded lookups: ``ModelParts.row_counts``), or the whole global
+        batch's ids [B, F] to count them from."""
+        counts = self.row_counts(batch)
         for g in self.groups:
             if not self._has_grad(g):   # no backward reached it: a zero gradient, as on the peers
                 g.weight.grad = torch.zeros_like(g.weight)
@@ -270,16 +247,16 @@ class CTROptimizer:
             pg["lr"], pg["eps"] = self.dense_lr(self.step_count), eps
         self.dense.step()
         if self.options.update == "sparse":
-            self._sparse_step_(global_ids, t, eps)
+            self._sparse_step_(counts, t, eps)
         else:
-            self._dense_step_(global_ids, eps)
+            self._dense_step_(counts, eps)
         self.step_count += 1
 
-    def _dense_step_(self, global_ids: torch.Tensor, eps: float) -> None:
+    def _dense_step_(self, counts: RowCounts, eps: float) -> None:
         """The paper's regime: CowClip on the present rows, then one fused Adam pass over every
         row of every table (L2 as its weight decay)."""
         if self.hp.cowclip:
-            self.clip_(global_ids)
+            self.clip_(counts)
         else:
             self._last_clip = (0, 0)
         if self.sparse is None:
@@ -287,7 +264,7 @@ class CTROptimizer:
         row_groups = [g for g in self.groups if g.row_grad is not None]
         for g in row_groups:
             assert g.row_grad is not None
-            g.row_grad.global_rows(global_ids)    # the rows cover the global batch (synced)
+            g.row_grad.global_rows(counts.ids)    # the rows cover the global batch (synced)
             g.weight.grad = g.row_grad.dense(g.weight)
         for pg in self.sparse.param_groups:
             pg["eps"] = eps
@@ -297,7 +274,7 @@ class CTROptimizer:
             g.weight.grad = None
             g.row_grad.clear_()
 
-    def _sparse_step_(self, global_ids: torch.Tensor, t: int, eps: float) -> None:
+    def _sparse_step_(self, counts: RowCounts, t: int, eps: float) -> None:
         """The row-sparse regime: L2, CowClip and Adam on the rows present in the batch."""
         if self.sparse is None:
             self._last_clip = (0, 0)
@@ -306,7 +283,7 @@ class CTROptimizer:
         clipped: torch.Tensor | int = 0
         considered = 0
         for g in self.groups:
-            c, n = self._sparse_step_group_(g, global_ids, t, eps)
+            c, n = self._sparse_step_group_(g, counts, t, eps)
             if g.kind == "embedding" and self.hp.cowclip:
                 clipped, considered = clipped + c, considered + n
             if g.row_grad is not None:
@@ -314,13 +291,13 @@ class CTROptimizer:
         self._last_clip = (clipped, considered)
 
     @torch.no_grad()
-    def _sparse_step_group_(self, g: FusedGroup, global_ids: torch.Tensor, t: int, eps: float
+    def _sparse_step_group_(self, g: FusedGroup, batch: RowCounts, t: int, eps: float
                             ) -> tuple[torch.Tensor | int, int]:
         """Lazy Adam on the group's present rows: ``g + 2λw``, CowClip (embedding groups), then
         torch Adam's update on those rows' w, m, v. Returns (rows clipped, rows considered)."""
         assert self.sparse is not None
         hp = self.hp
-        rows, counts, total, _ = self._touched(g, global_ids)
+        rows, counts, total, _ = self._touched(g, batch)
         st = self.sparse.state[g.weight]
         w2d, m2d, v2d = g.view(), g.view(st["exp_avg"]), g.view(st["exp_avg_sq"])
         w = w2d.index_select(0, rows)

@@ -5,6 +5,7 @@
     build_model_parts(model, ModelConfig, DatasetSchema, env, sharding, seed, embedding_backend)
       torchrec: build_model (EBC tables on "meta") ──▶ shard_model (DMP plan, dense kernel)
                 ──▶ fused_groups (each local shard with its global rows) ──▶ init_embeddings_
+                ──▶ record_lookups (CowClip's counts from the ids each lookup receives)
       torch:    build_model (fused tables on "meta") ──▶ to_empty(device) ──▶ use_row_grads
                 (training gradients as the batch's touched rows, ctr.models.row_grad) ──▶
                 FusedSparseArch.fused_groups (one replicated shard per field) ──▶ init_embeddings_;
@@ -30,12 +31,13 @@ Example::
     opt = build_optimizer(cfg, cfg.resolved_hparams(), parts, steps_per_epoch=100,
                           train_rows=ds.rows("train"), sparse_fields=list(ds.sparse_fields))
     logits = parts.module(batch.dense, batch.ids)
-    loss.backward(); parts.sync_gradients(batch.global_ids); opt.step(batch.global_ids)
+    loss.backward(); parts.sync_gradients(batch.global_ids)
+    opt.step(parts.row_counts(batch.global_ids))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -43,6 +45,7 @@ from torch import nn
 
 from ctr.data.dataset import DatasetSchema
 from ctr.distributed.choices import check_backend_sharding, resolve_embedding_backend
+from ctr.distributed.counts import IdCounter, LookupRecorder, RowCounts
 from ctr.distributed.env import DistEnv
 from ctr.distributed.shards import FusedGroup, dense_parameters, init_embeddings_
 from ctr.models import ModelConfig, build_model
@@ -65,6 +68,10 @@ class ModelParts:
     vocab_sizes: dict[str, int]
     backend: str = "torchrec"               # the concrete embedding backend
     world_size: int = 1                     # ranks whose gradients sync_gradients averages (torch)
+    # torchrec: the ids each lookup received in the last training forward (CowClip's counts)
+    lookups: LookupRecorder | None = None
+    sparse_fields: list[str] = field(default_factory=list)   # the columns of the batch's ids
+    _id_counter: IdCounter | None = field(default=None, init=False, repr=False)
 
     def dense_parameters(self) -> dict[str, nn.Parameter]:
         return dense_parameters(self.module)
@@ -77,6 +84,16 @@ class ModelParts:
         rows = sum(self.vocab_sizes.values())
         return (f"embedding backend torch ({BACKEND_NOTES['torch']}): {len(self.vocab_sizes)} fields, "
                 f"{rows:,} table rows, replicated on {world_size} rank(s)")
+
+    def row_counts(self, global_ids: torch.Tensor) -> RowCounts:
+        """This step's CowClip counts, after the training forward: from what the sharded lookups
+        received (torchrec backend; ``global_ids`` unused, may be empty), else from the global
+        batch's ids [B, F] (the torch backend, whose replicated tables need them to sync anyway)."""
+        if self.lookups is not None:
+            return self.lookups.take()
+        if self._id_counter is None:
+            self._id_counter = IdCounter(self.groups, self.sparse_fields)
+        return self._id_counter.of(global_ids)
 
     @torch.no_grad()
     def sync_gradients(self, global_ids: torch.Tensor | None = None) -> None:
@@ -129,10 +146,12 @@ def build_model_parts(model: str, settings: ModelConfig, dataset: DatasetSchema,
     net = build_model(model, list(dataset.dense_fields), list(dataset.sparse_fields),
                       dict(dataset.vocab_sizes), settings,
                       device=env.device, sparse_device="meta", embedding_backend=backend)
+    lookups = None
     if backend == "torchrec":
-        from ctr.distributed.sharding import fused_groups, shard_model   # imports TorchRec
+        from ctr.distributed.sharding import fused_groups, record_lookups, shard_model  # TorchRec
         module, plan = shard_model(net, env, sharding)
         groups = fused_groups(module)
+        lookups = record_lookups(module, groups, env.world_size)
     else:
         net.sparse.to_empty(device=env.device)   # allocated, not filled: nothing drawn from the RNG
         net.sparse.use_row_grads()               # no full-size table gradient in training
@@ -140,7 +159,8 @@ def build_model_parts(model: str, settings: ModelConfig, dataset: DatasetSchema,
         plan = {f: ("data_parallel", 0) for f in dataset.sparse_fields}
     if seed is not None:
         init_embeddings_(groups, seed, settings.init_std)
-    return ModelParts(module, groups, plan, dict(dataset.vocab_sizes), backend, env.world_size)
+    return ModelParts(module, groups, plan, dict(dataset.vocab_sizes), backend, env.world_size,
+                      lookups, list(dataset.sparse_fields))
 
 
 def build_optimizer(cfg: TrainConfig, hp: Hyperparams, parts: ModelParts, steps_per_epoch: int,

@@ -283,7 +283,7 @@ class Trainer:
         (loss_sum * (self.env.world_size / batch.global_size)).backward()
         self.parts.sync_gradients(batch.global_ids)   # torch backend, N ranks; DMP syncs itself
         fault_point("train.mid_step")
-        self.opt.step(batch.global_ids)
+        self.opt.step(self.parts.row_counts(batch.global_ids))   # CowClip's counts of this batch
         self.global_step += 1
         # Alone, stop right after the step the signal came in; with peers, after the step
         # whose all-reduce carried it (so all ranks stop after the same one).
