@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     locked = False
     try:
         cfg = load_config(args.model, dataset, path=args.config, overrides=overrides)
+        from ctr import numerics
+        numerics.apply(cfg.numerics)   # before any kernel runs; torchrun workers inherit it
         if not worker and nodes.rank == 0:   # node 0 owns the run directory; the others only join
             reason = _refuse_reuse(run_dir, args.resume)
             if reason:

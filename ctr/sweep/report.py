@@ -32,7 +32,8 @@ def collect(spec: SweepSpec, all_cells: list[Cell], out: Path) -> list[dict[str,
                "status": (s or {}).get("status", "pending")}
         if s:
             for k in ("update", "test_auc", "test_logloss", "wall_seconds", "train_seconds",
-                      "samples_per_second", "global_steps", "peak_rss_mb", "message", "hparams"):
+                      "samples_per_second", "global_steps", "peak_rss_mb", "message", "hparams",
+                      "numerics"):
                 if k in s:
                     rec[k] = s[k]
         rows.append(rec)
@@ -77,9 +78,18 @@ def auc_changes(spec, results: list[dict[str, Any]], model: str) -> list[str]:
             for rule in spec.rules if (base, rule) in ok and (hi, rule) in ok]
 
 
+def _machine(results: list[dict[str, Any]]) -> str:
+    """`` on <CPU>, <threads> threads`` as the cells' summaries recorded it (each distinct one)."""
+    seen = sorted({(n.get("cpu", "?"), n.get("threads", "?")) for r in results
+                   if isinstance(n := r.get("numerics"), dict)}, key=str)
+    return "".join(f" on {cpu}, {threads} threads" if i == 0 else f"; {cpu}, {threads} threads"
+                   for i, (cpu, threads) in enumerate(seen))
+
+
 def render_markdown(spec, results: list[dict[str, Any]], data: str) -> str:
     lines = [f"# Sweep `{spec.name}`", "",
-             f"Data: `{data}`; {spec.epochs} epoch(s) per cell; seeds {spec.seeds}. "
+             f"Data: `{data}`; {spec.epochs} epoch(s) per cell; seeds {spec.seeds}; "
+             f"numerics {spec.numerics}{_machine(results)}. "
              "Each cell: test AUC / logloss / training time / samples per second.", ""]
     for model in spec.models:
         lines += [f"## {model}", "", "| batch | " + " | ".join(spec.rules) + " |",

@@ -96,7 +96,8 @@ class SweepInterrupted(Exception):
 def run_cell(cell: Cell, spec: SweepSpec, data: str, run_dir: Path, threads: int | None = None) -> int:
     cmd = [sys.executable, "-m", "ctr.cli.train", "--model", cell.model, "--batch", str(cell.batch),
            "--scaling", cell.rule, "--seed", str(cell.seed), "--epochs", str(spec.epochs),
-           "--data", data, "--out", str(run_dir), "--quiet", *map(str, spec.train_args)]
+           "--data", data, "--out", str(run_dir), "--quiet", "--numerics", spec.numerics,
+           *map(str, spec.train_args)]
     if spec.base_batch:
         cmd += ["--base-batch", str(spec.base_batch)]
     if spec.nproc > 1:

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from ctr.numerics import NUMERICS
 from ctr.optim.scaling import RULES, format_batch, parse_batch
 from ctr.train.config import CONFIG_DIR
 
@@ -46,6 +47,7 @@ class SweepSpec:
     train_args: list[str] = field(default_factory=list)       # extra ctr-train flags for every cell
     spread: dict[str, Any] = field(default_factory=dict)      # {batch, rule, seeds}: noise check
     nproc: int = 1
+    numerics: str = "portable"                # ctr-train --numerics of every cell (ctr.numerics)
     jobs: int = 1                             # cells trained at once (threads split between them)
     out: str | None = None
 
@@ -96,6 +98,8 @@ class SweepSpec:
         if bad:
             raise ValueError(f"unknown scaling rule(s) {bad}; choose from {RULES}")
         self.seeds = _unique(_values("seeds", self.seeds, int))
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, not {self.numerics!r}")
         for key in ("epochs", "nproc", "jobs"):
             setattr(self, key, _count(key, getattr(self, key)))
         if self.base_batch is not None:

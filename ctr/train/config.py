@@ -26,6 +26,7 @@ from ctr.data.source import DEFAULT_SHUFFLE_BUFFER, LOADERS
 from ctr.distributed.choices import EMBEDDING_BACKENDS, check_backend_sharding
 from ctr.optim.options import OptimizerOptions
 from ctr.models.config import MODEL_SETTINGS, ModelConfig
+from ctr.numerics import NUMERICS
 from ctr.optim.scaling import Hyperparams, parse_batch, scale_hyperparams
 
 # Shipped inside the package (package data), so an installed ctr finds them anywhere; the
@@ -72,6 +73,9 @@ class TrainConfig:
     # resume key: a checkpoint of one backend resumes and evaluates on the other.
     embedding_backend: str = "auto"
     device: str = "auto"
+    # native | portable (ctr.numerics): which CPU kernels the libraries may pick; portable pins
+    # their AVX2 paths so that a run repeats on another x86 machine. Not a resume key.
+    numerics: str = "native"
     drop_last: bool = False
     # How the splits are read (ctr.data.source): auto | memory | stream. A run resolves auto at
     # start and records the concrete loader (and the streaming loader's streams) in config.json;
@@ -114,6 +118,8 @@ class TrainConfig:
         for key, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, not {value!r}")
+        if self.numerics not in NUMERICS:
+            raise ConfigError(f"numerics must be one of {NUMERICS}, not {self.numerics!r}")
         if self.loader not in LOADERS:
             raise ConfigError(f"loader must be one of {LOADERS}, not {self.loader!r}")
         budget = self.loader_memory_budget

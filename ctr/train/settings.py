@@ -27,6 +27,7 @@ from ctr.argtypes import positive_int
 from ctr.data.source import LOADERS
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS, SHARDINGS
 from ctr.models.config import MODEL_NAMES
+from ctr.numerics import NUMERICS
 from ctr.optim.options import ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, UPDATE_MODES, WARMUP_FORMS
 from ctr.optim.scaling import RULES, parse_batch
 
@@ -90,6 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
             "whole-table L2); sparse: only the rows present in the batch get L2, CowClip and a lazy "
             "Adam step (a step costs O(batch), not O(table); not the paper's algorithm)", str,
             UPDATE_MODES, group="main"),
+    Setting("numerics", "run", "native: the libraries pick CPU kernels for this CPU (fastest); "
+            "portable: MKL, ATen, FBGEMM and oneDNN take their AVX2 paths, so a run repeats on "
+            "another x86 machine (ctr/numerics.py)", str, NUMERICS, group="main"),
     Setting("base_batch", "run", "the batch the base values were tuned at", batch_size, group=_HP),
     Setting("dense_lr", "hparams", "Adam learning rate of the dense weights", non_negative_float, group=_HP),
     Setting("embedding_lr", "hparams", "Adam learning rate of the tables", non_negative_float, group=_HP),

@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ctr import numerics
 from ctr.allocator import active_allocator, describe_active
 from ctr.data.dataset import DatasetError, DatasetSchema, read_schema
 from ctr.data.loader import BatchSource
@@ -390,7 +391,7 @@ class Trainer:
                                    "epochs": cfg.epochs,
                                    "global_steps": self.global_step, "world_size": world,
                                    "device": str(env.device), "allocator": active_allocator(),
-                                   "hparams": self.hp.__dict__}
+                                   "numerics": numerics.describe(), "hparams": self.hp.__dict__}
         oracle = self.dataset.oracle_test_auc
         if status == "ok":
             test = self.evaluate("test")
