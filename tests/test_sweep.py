@@ -16,6 +16,7 @@ from ctr.cli import sweep as sweep_cli
 from ctr.fsutil import DirLock
 from ctr.sweep import runner
 from ctr.sweep import spec as spec_mod
+from ctr.sweep import report as report_mod
 from ctr.sweep.report import render_markdown
 
 
@@ -160,6 +161,35 @@ def test_report_says_when_the_base_batch_is_absent():
     assert "1K is this sweep's only batch" in md and "minus" not in md
     spec = spec_mod.SweepSpec(batches=[1024, 4096], rules=["cowclip"], base_batch=1024).normalised()
     assert "cowclip: AUC at 4K minus AUC at 1K = -0.0100" in render_markdown(spec, results, "data")
+
+
+def test_interval_seeds_add_base_and_top_cells_of_every_rule():
+    spec = spec_mod.SweepSpec(batches=[8, 64, 1024], rules=["none", "cowclip"], base_batch=8,
+                              interval_seeds=[1, 2]).normalised()
+    extra = [c for c in spec_mod.cells(spec) if c.seed != 0]
+    assert sorted((c.batch, c.rule, c.seed) for c in extra) == sorted(
+        (b, r, s) for b in (8, 1024) for r in ("none", "cowclip") for s in (1, 2))
+
+
+def test_report_gives_top_minus_base_with_a_95_interval():
+    """Welch's interval from the seeds at each batch, checked against scipy's own Welch test
+    (the interval excludes a difference d exactly when the test of d has p < 0.05)."""
+    from scipy import stats
+    base = {"cowclip": [0.770, 0.772, 0.771, 0.769, 0.773], "none": [0.770, 0.771, 0.772, 0.770, 0.769]}
+    top = {"cowclip": [0.771, 0.770, 0.773, 0.772, 0.771], "none": [0.751, 0.752, 0.750, 0.753, 0.749]}
+    results = [dict(_result(b, rule, auc), seed=s) for rule in base
+               for b, vals in ((8, base[rule]), (1024, top[rule])) for s, auc in enumerate(vals)]
+    spec = spec_mod.SweepSpec(batches=[8, 1024], rules=["none", "cowclip"], base_batch=8,
+                              interval_seeds=[1, 2, 3, 4]).normalised()
+    md = render_markdown(spec, results, "data")
+    assert "cowclip: AUC at 1K minus AUC at 8 = +0.0004, 95% interval [" in md and ": holds" in md
+    assert "none: AUC at 1K minus AUC at 8 = -0.0194" in md and ": loses" in md
+    iv = report_mod.change_interval(results, "deepfm", "cowclip", 8, 1024)
+    for edge in (iv["low"], iv["high"]):   # each edge is where Welch's test of that shift has p = 0.05
+        shifted = [a - edge for a in top["cowclip"]]
+        assert stats.ttest_ind(shifted, base["cowclip"], equal_var=False).pvalue == pytest.approx(0.05, abs=1e-6)
+    assert report_mod.change_interval(results[:1], "deepfm", "none", 8, 1024) is None   # one seed
+    assert iv["seeds_base"] == iv["seeds_top"] == 5
 
 
 # --- the sweep as a process: a Ctrl-C, a SIGKILL, a signal between cells

@@ -23,6 +23,7 @@ import sys
 
 from ctr import allocator
 from ctr.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ctr.numerics import NUMERICS
 
 
 def _list(text: str) -> list[str]:
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=_list, help="e.g. 1k,2k,4k,...,128k")
     p.add_argument("--scaling", type=_list, dest="rules", help="e.g. none,sqrt,linear,cowclip")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in _list(t)])
+    p.add_argument("--interval-seeds", type=lambda t: [int(x) for x in _list(t)],
+                   help="more seeds of every rule at the base and the top batch, e.g. 1,2,3,4: "
+                   "the report gives top - base with a 95%% interval")
+    p.add_argument("--numerics", choices=NUMERICS,
+                   help="ctr-train --numerics of every cell (default: the preset's, portable)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--data", help="processed dataset (default: the preset's synthetic data)")
     p.add_argument("--nproc", type=int, help="processes per cell (ctr-train --nproc)")
@@ -61,7 +67,8 @@ def _run(args: argparse.Namespace, resume: str) -> int:
         spec = SweepSpec.from_preset(args.preset, models=args.models, batches=args.batches,
                                      rules=args.rules, seeds=args.seeds, epochs=args.epochs,
                                      data=args.data, nproc=args.nproc, jobs=args.jobs, out=args.out,
-                                     train_args=args.train_args)
+                                     train_args=args.train_args, interval_seeds=args.interval_seeds,
+                                     numerics=args.numerics)
     except (FileNotFoundError, ValueError) as e:
         print(f"ctr-sweep: {e}", file=sys.stderr)
         return EXIT_USAGE

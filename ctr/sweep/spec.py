@@ -46,6 +46,9 @@ class SweepSpec:
     synthetic: dict[str, Any] = field(default_factory=dict)   # {rows, seed} of generated data
     train_args: list[str] = field(default_factory=list)       # extra ctr-train flags for every cell
     spread: dict[str, Any] = field(default_factory=dict)      # {batch, rule, seeds}: noise check
+    # more seeds of every rule at the base and the top batch: the report's top - base difference
+    # then comes with a 95% interval (5 seeds in all is the least that separates 0.002)
+    interval_seeds: list[int] = field(default_factory=list)
     nproc: int = 1
     numerics: str = "portable"                # ctr-train --numerics of every cell (ctr.numerics)
     jobs: int = 1                             # cells trained at once (threads split between them)
@@ -110,6 +113,7 @@ class SweepSpec:
         self.synthetic = _mapping("synthetic", self.synthetic, {"rows": int, "seed": int})
         self.train_args = [str(a) for a in _values("train_args", self.train_args, (str, int, float),
                                                    allow_empty=True)]
+        self.interval_seeds = _unique(_values("interval_seeds", self.interval_seeds, int, allow_empty=True))
         self.spread = _mapping("spread", self.spread,
                                {"batch": (int, float, str), "rule": str, "seeds": list})
         if self.spread:
@@ -218,6 +222,10 @@ def cells(spec: SweepSpec) -> list[Cell]:
             for s in spec.spread.get("seeds", []):
                 c = Cell(m, spec.spread["batch"], spec.spread.get("rule", "cowclip"), int(s))
                 out.append(c)
+    base, top = spec.base_batch or min(spec.batches), max(spec.batches)
+    if spec.interval_seeds and base in spec.batches and top != base:
+        out += [Cell(m, b, r, s) for m in spec.models for s in spec.interval_seeds
+                for b in (base, top) for r in spec.rules]
     return _unique(out)
 
 
