@@ -83,7 +83,10 @@ def lazy_reference_step(groups: list[FusedGroup], ids: torch.Tensor, fields: lis
         m_t, v_t = state.setdefault(id(g), (torch.zeros_like(w_t), torch.zeros_like(w_t)))
         m, v = m_t.numpy(), v_t.numpy()
         for row, cnt in sorted(_rows_of(g, ids, fields).items()):
-            gr = grad[row] + np.float32(2 * hp.l2) * w[row]
+            l2 = hp.l2
+            if opts.sparse_l2 == "count" and hp.l2_batch_ratio != 1.0:
+                l2 = hp.l2 / hp.l2_batch_ratio * min(cnt, hp.l2_batch_ratio)
+            gr = grad[row] + np.float32(2 * l2) * w[row]
             if hp.cowclip and g.kind == "embedding":
                 wn = float(np.linalg.norm(w[row]))
                 if opts.lower_bound == "paper":

@@ -8,7 +8,7 @@ import pytest
 
 from ctr.cli import train as train_cli
 from ctr.models.config import MODEL_NAMES, ModelConfig
-from ctr.optim.scaling import Hyperparams
+from ctr.optim.scaling import RULE_FIELDS, Hyperparams
 from ctr.train.config import HPARAM_FIELDS, TrainConfig, load_config
 from ctr.train.settings import SETTING, SETTINGS
 
@@ -17,7 +17,7 @@ def test_every_field_has_one_setting_in_the_right_place():
     names = [s.name for s in SETTINGS]
     assert len(names) == len(set(names))
     for f in dataclasses.fields(Hyperparams):
-        if f.name != "cowclip":
+        if f.name not in RULE_FIELDS:
             assert SETTING[f.name].where == "hparams", f.name
     for f in dataclasses.fields(ModelConfig):
         assert SETTING[f.name].where == "model", f.name

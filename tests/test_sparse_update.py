@@ -56,6 +56,33 @@ def test_sparse_step_equals_a_lazy_adam_loop_and_leaves_absent_rows_alone(small_
     _assert_close(result)
 
 
+@pytest.mark.parametrize("sparse_l2", ["count", "batch"])
+def test_sparse_l2_of_the_cowclip_rule_at_4x_the_base_equals_the_loop(small_dataset, sparse_l2):
+    """The cowclip rule at s = 4 (λ = 4·λ_base): ``count`` gives a present row λ_base·min(cnt, 4),
+    ``batch`` λ on every present row; the loop computes each row by hand. The two must differ
+    (the batch has rows present fewer than 4 times)."""
+    hp = Hyperparams(dense_lr=1e-3, embedding_lr=1e-2, l2=4e-3, warmup_epochs=0, cowclip=True,
+                     r=1e-2, zeta=1e-5, l2_batch_ratio=4.0)
+    setup = Setup(str(small_dataset), "sparse", "deepfm", batch=128, steps=16, hp=hp)
+    result = run(setup, DistEnv(0, 1, 0, DEVICE, "gloo"), OptimizerOptions(update="sparse", sparse_l2=sparse_l2))
+    assert result["steps"] == 16
+    _assert_close(result)
+    other = run(setup, DistEnv(0, 1, 0, DEVICE, "gloo"),
+                OptimizerOptions(update="sparse", sparse_l2="batch" if sparse_l2 == "count" else "count"))
+    assert any(not torch.equal(result["fast"][k], other["fast"][k]) for k in result["fast"])
+
+
+def test_only_the_cowclip_rule_above_its_base_scales_l2_by_the_batch_ratio():
+    """l2_batch_ratio (what sparse_l2 = count divides by) is s for cowclip and 1 for the rest."""
+    from ctr.optim.scaling import scale_hyperparams
+    base = Hyperparams(dense_lr=1e-3, embedding_lr=1e-2, l2=1e-3, r=1e-2, zeta=1e-5)
+    assert scale_hyperparams(base, 1024, 1024, "cowclip").l2_batch_ratio == 1.0
+    hp = scale_hyperparams(base, 1024, 8192, "cowclip")
+    assert hp.l2_batch_ratio == 8.0 and hp.l2 == pytest.approx(8e-3)
+    for rule in ("none", "sqrt", "linear"):
+        assert scale_hyperparams(base, 1024, 8192, rule).l2_batch_ratio == 1.0
+
+
 def test_two_ranks_sparse_step_equals_the_lazy_adam_loop(small_dataset, tmp_path):
     setup = Setup(str(small_dataset), "sparse", "deepfm", batch=128, steps=32)
     results = run_ranks(setup, 2, str(tmp_path))
@@ -182,3 +209,21 @@ def test_checkpoints_from_before_the_flag_resume_as_dense():
     check_compatible(old, now, "run")                                  # dense: accepted
     with pytest.raises(CheckpointError, match="update"):
         check_compatible(old, {**now, "update": "sparse"}, "run")
+
+
+def test_sparse_l2_is_a_resume_key_of_sparse_runs_only():
+    """A sparse checkpoint from before sparse_l2 ran with batch (λ·s): refused under count. A
+    dense run's checkpoint resumes whatever sparse_l2 says (its step does not read it)."""
+    now = load_config("deepfm", "synthetic").to_dict()
+    assert now["sparse_l2"] == "count"
+    old_dense = {k: v for k, v in now.items() if k != "sparse_l2"}
+    check_compatible(old_dense, now, "run")
+    check_compatible(now, {**now, "sparse_l2": "batch"}, "run")
+    old_sparse = {**old_dense, "update": "sparse"}
+    with pytest.raises(CheckpointError, match="sparse_l2"):
+        check_compatible(old_sparse, {**now, "update": "sparse"}, "run")
+    check_compatible(old_sparse, {**now, "update": "sparse", "sparse_l2": "batch"}, "run")
+    args = train_cli.build_parser().parse_args(["--update", "sparse", "--sparse-l2", "batch"])
+    assert load_config("deepfm", "criteo", overrides=train_cli.overrides_from(args)).sparse_l2 == "batch"
+    with pytest.raises(ConfigError, match="sparse_l2"):
+        load_config("deepfm", "synthetic", overrides={"sparse_l2": "rows"})

@@ -34,7 +34,7 @@ def test_tiny_sweep_and_rerun(small_dataset, tmp_path, capsys):
     assert all(r["status"] == "ok" and 0 <= r["test_auc"] <= 1 for r in cells.values())
     assert cells[(4096, "cowclip")]["hparams"]["l2"] > cells[(4096, "none")]["hparams"]["l2"]
     report = (out / "report.md").read_text()
-    assert "| 4K |" in report and "cowclip" in report
+    assert "| 4K |" in report and "cowclip" in report and "table update dense;" in report
     png = (out / "auc_vs_batch.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
@@ -301,3 +301,14 @@ def test_signal_between_cells_starts_nothing_new(small_dataset, tmp_path):
     status = {r["batch"]: r["status"] for r in json.loads((out / "results.json").read_text())["results"]}
     assert status == {1024: "ok", 4096: "pending"}
     assert not (out / "runs" / "deepfm-4K-none-s0").exists()
+
+
+def test_train_args_on_the_command_line_add_to_the_presets():
+    """``--train-args '--update sparse'`` must not drop the preset's own flags (its r and ζ keep
+    the clip level of the scaled-down ladder)."""
+    from ctr.sweep.spec import SweepSpec
+    preset = SweepSpec.from_preset("cpu").train_args
+    assert "--r" in preset
+    spec = SweepSpec.from_preset("cpu", more_train_args=["--update", "sparse"])
+    assert spec.train_args == [*preset, "--update", "sparse"]
+    assert SweepSpec.from_preset("cpu", train_args=["--mlp", "8"]).train_args == ["--mlp", "8"]

@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nproc", type=int, help="processes per cell (ctr-train --nproc)")
     p.add_argument("--jobs", type=int, help="cells trained at once, threads split between them")
     p.add_argument("--out", help="output directory (default sweeps/<preset>)")
-    p.add_argument("--train-args", type=lambda t: t.split(), help="extra ctr-train flags, quoted")
+    p.add_argument("--train-args", type=lambda t: t.split(),
+                   help="more ctr-train flags for every cell, quoted, after the preset's own "
+                   "(which they add to; a flag given again wins), e.g. '--update sparse'")
     args = p.parse_args(argv)
     resume = "ctr-sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
@@ -67,7 +69,7 @@ def _run(args: argparse.Namespace, resume: str) -> int:
         spec = SweepSpec.from_preset(args.preset, models=args.models, batches=args.batches,
                                      rules=args.rules, seeds=args.seeds, epochs=args.epochs,
                                      data=args.data, nproc=args.nproc, jobs=args.jobs, out=args.out,
-                                     train_args=args.train_args, interval_seeds=args.interval_seeds,
+                                     more_train_args=args.train_args, interval_seeds=args.interval_seeds,
                                      numerics=args.numerics)
     except (FileNotFoundError, ValueError) as e:
         print(f"ctr-sweep: {e}", file=sys.stderr)

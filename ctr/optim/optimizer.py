@@ -12,7 +12,9 @@
       Adam(dense params), Adam(fused embedding buffers), Keras' epsilon
 
     options.update = "sparse" (row-sparse, TorchRec's fused optimizers' regime):
-      rows present in the global batch   g += 2·λ·w; CowClip (embedding rows); lazy Adam on these
+      rows present in the global batch   g += 2·λ_row·w (λ_row = λ/s·min(cnt, s) under the
+                                         cowclip rule, λ otherwise; options.sparse_l2);
+                                         CowClip (embedding rows); lazy Adam on these
                                          rows only (m, v, w of every other row untouched; bias
                                          correction by the global step count, as SparseAdam's)
 
@@ -301,7 +303,13 @@ class CTROptimizer:
         st = self.sparse.state[g.weight]
         w2d, m2d, v2d = g.view(), g.view(st["exp_avg"]), g.view(st["exp_avg_sq"])
         w = w2d.index_select(0, rows)
-        total.add_(w, alpha=2.0 * hp.l2)
+        s = hp.l2_batch_ratio
+        if self.options.sparse_l2 == "count" and s != 1.0:
+            # λ_base·min(cnt, s) per present row: the base run's L2 per epoch (options docstring)
+            coef = counts.to(w.dtype).clamp(max=s).mul_(2.0 * hp.l2 / s)
+            total.addcmul_(w, coef.unsqueeze(1))
+        else:
+            total.add_(w, alpha=2.0 * hp.l2)
         clipped: torch.Tensor | int = 0
         if hp.cowclip and g.kind == "embedding":
             clipped = (self._clip_total_(total, w, counts) < 1).sum()

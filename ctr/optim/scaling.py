@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 __all__ = [
     "RULES",
+    "RULE_FIELDS",
     "Hyperparams",
     "scale_hyperparams",
     "normalize_overrides",
@@ -49,7 +50,7 @@ __all__ = [
 
 RULES = ("none", "sqrt", "linear", "cowclip")
 
-_FLOAT_FIELDS = ("dense_lr", "embedding_lr", "l2", "warmup_epochs", "r", "zeta")
+_FLOAT_FIELDS = ("dense_lr", "embedding_lr", "l2", "warmup_epochs", "r", "zeta", "l2_batch_ratio")
 
 
 def _to_float(name: str, value: Any) -> float:
@@ -92,6 +93,9 @@ class Hyperparams:
     cowclip: bool = False
     r: float = 1.0
     zeta: float = 1e-5
+    # the batch ratio s the rule scaled L2 by (the cowclip rule: s, else 1). The dense regime
+    # does not need it; the sparse one gives a present row λ/s·min(cnt, s) (OptimizerOptions.sparse_l2)
+    l2_batch_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:
@@ -102,6 +106,8 @@ class Hyperparams:
         self.cowclip = _to_bool("cowclip", self.cowclip)
         if self.r <= 0:
             raise ValueError(f"r must be > 0, got {self.r!r}")
+        if self.l2_batch_ratio <= 0:
+            raise ValueError(f"l2_batch_ratio must be > 0, got {self.l2_batch_ratio!r}")
 
     def replace(self, **changes: Any) -> "Hyperparams":
         return dataclasses.replace(self, **changes)
@@ -111,6 +117,8 @@ class Hyperparams:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Hyperparams))
+# the fields the rule sets, not a config or a flag
+RULE_FIELDS = ("cowclip", "l2_batch_ratio")
 
 _BATCH_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*([kK])?$")
 
@@ -235,7 +243,7 @@ def scale_hyperparams(base: Hyperparams, base_batch: int | str, batch: int | str
         out = base.replace(dense_lr=base.dense_lr * s, embedding_lr=base.embedding_lr * s,
                            cowclip=False)
     else:  # cowclip
-        out = base.replace(dense_lr=base.dense_lr * math.sqrt(s), l2=base.l2 * s,
+        out = base.replace(dense_lr=base.dense_lr * math.sqrt(s), l2=base.l2 * s, l2_batch_ratio=s,
                            warmup_epochs=float(cowclip_warmup_epochs), cowclip=True)
     table = normalize_overrides(overrides, rule)
     if batch in table:

@@ -33,7 +33,7 @@ def collect(spec: SweepSpec, all_cells: list[Cell], out: Path) -> list[dict[str,
                "status": (s or {}).get("status", "pending")}
         if s:
             for k in ("update", "test_auc", "test_logloss", "wall_seconds", "train_seconds",
-                      "samples_per_second", "global_steps", "peak_rss_mb", "message", "hparams",
+                      "samples_per_second", "global_steps", "peak_rss_mb", "message", "hparams", "sparse_l2",
                       "numerics"):
                 if k in s:
                     rec[k] = s[k]
@@ -126,9 +126,16 @@ def _machine(results: list[dict[str, Any]]) -> str:
                    for i, (cpu, threads) in enumerate(seen))
 
 
+def _updates(results: list[dict[str, Any]]) -> str:
+    """``table update dense`` (or ``sparse, L2 count``) as the cells' summaries recorded it."""
+    seen = sorted({r["update"] + (f", L2 {r.get('sparse_l2', 'batch')}" if r["update"] == "sparse" else "")
+                   for r in results if "update" in r})
+    return f"; table update {' / '.join(seen)}" if seen else ""
+
+
 def render_markdown(spec, results: list[dict[str, Any]], data: str) -> str:
     lines = [f"# Sweep `{spec.name}`", "",
-             f"Data: `{data}`; {spec.epochs} epoch(s) per cell; seeds {spec.seeds}; "
+             f"Data: `{data}`; {spec.epochs} epoch(s) per cell; seeds {spec.seeds}{_updates(results)}; "
              f"numerics {spec.numerics}{_machine(results)}. "
              "Each cell: test AUC / logloss / training time / samples per second.", ""]
     for model in spec.models:

@@ -56,7 +56,8 @@ class SweepSpec:
 
     @classmethod
     def from_preset(cls, name_or_path: str, **overrides: Any) -> "SweepSpec":
-        """The preset (a name under configs/sweeps or a YAML path) with ``overrides`` (None: keep).
+        """The preset (a name under configs/sweeps or a YAML path) with ``overrides`` (None: keep;
+        ``more_train_args`` are appended to the preset's ``train_args``, ``train_args`` replace them).
         Raises FileNotFoundError or ValueError with a message that names the file."""
         path = Path(name_or_path)
         if not path.suffix:
@@ -86,8 +87,12 @@ class SweepSpec:
             spec = cls(**values).normalised()
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+        more = overrides.pop("more_train_args", None)
         given = {k: v for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(spec, **given).normalised()
+        spec = dataclasses.replace(spec, **given)
+        if more:   # after the preset's own: argparse lets the last of a repeated flag win
+            spec.train_args = [*spec.train_args, *more]
+        return spec.normalised()
 
     def normalised(self) -> "SweepSpec":
         """Checks every field (ValueError naming it), parses batch sizes, drops repeated values

@@ -58,11 +58,13 @@ RESUME_KEYS = ("model", "batch", "base_batch", "seed", "scaling", "hparams", "ba
                "adam_epsilon", "dense_l2", "warmup_form", "update", "drop_last", "data", "loader")
 # The streaming loader's order also depends on these (compared when the run streamed).
 STREAM_RESUME_KEYS = ("loader_streams", "shuffle_buffer")
+# The sparse regime's step also depends on these (compared when the run updated sparsely).
+SPARSE_RESUME_KEYS = ("sparse_l2",)
 # Resolved at a run's start; unresolved now (the launcher checks before the workers resolve),
 # they take the run's recorded value, so they match whatever it was.
 UNRESOLVED = {"loader": "auto", "loader_streams": None}
 # A checkpoint from before a key existed ran with this value.
-BEFORE_KEY = {"loader": "memory", "update": "dense"}
+BEFORE_KEY = {"loader": "memory", "update": "dense", "sparse_l2": "batch"}
 PROGRESS_KEYS = ("epoch", "step", "global_step")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 _DIR_RE = re.compile(r"^step-\d{9}-[0-9a-f]{8}$")
@@ -306,7 +308,8 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], run_dir: st
         if k in UNRESOLVED and current.get(k) == UNRESOLVED[k]:
             return False
         return _jsonable(saved.get(k, BEFORE_KEY.get(k))) != _jsonable(current.get(k))
-    keys = RESUME_KEYS + (STREAM_RESUME_KEYS if saved.get("loader") == "stream" else ())
+    keys = (RESUME_KEYS + (STREAM_RESUME_KEYS if saved.get("loader") == "stream" else ())
+            + (SPARSE_RESUME_KEYS if saved.get("update") == "sparse" else ()))
     diffs = [k for k in keys if differs(k)]
     if diffs:
         detail = "; ".join(f"{k}: checkpoint {saved.get(k, BEFORE_KEY.get(k))!r} vs now {current.get(k)!r}"

@@ -27,15 +27,15 @@ from ctr.distributed.choices import EMBEDDING_BACKENDS, check_backend_sharding
 from ctr.optim.options import OptimizerOptions
 from ctr.models.config import MODEL_SETTINGS, ModelConfig
 from ctr.numerics import NUMERICS
-from ctr.optim.scaling import Hyperparams, parse_batch, scale_hyperparams
+from ctr.optim.scaling import RULE_FIELDS, Hyperparams, parse_batch, scale_hyperparams
 
 # Shipped inside the package (package data), so an installed ctr finds them anywhere; the
 # top-level configs/ of a source checkout is a link to this directory.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-# The base hyperparameters a config or a flag may set (``cowclip`` is the rule's to decide).
-HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(Hyperparams) if f.name != "cowclip")
+# The base hyperparameters a config or a flag may set (RULE_FIELDS are the rule's to decide).
+HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(Hyperparams) if f.name not in RULE_FIELDS)
 
 
 class ConfigError(ValueError):
@@ -68,6 +68,9 @@ class TrainConfig:
     # dense: every table row gets L2 and Adam every step (the paper's); sparse: only the rows of
     # the batch (ctr.optim.options). A resume key: a run is one of the two algorithms.
     update: str = OptimizerOptions.update
+    # the sparse regime's L2 under the cowclip rule (ctr.optim.options): count (λ/s·min(cnt, s)
+    # per present row) | batch (λ·s). A resume key.
+    sparse_l2: str = OptimizerOptions.sparse_l2
     sharding: str = "auto"
     # auto | torchrec | torch; a run resolves auto at start and records the concrete one. Not a
     # resume key: a checkpoint of one backend resumes and evaluates on the other.
@@ -101,7 +104,8 @@ class TrainConfig:
         return OptimizerOptions(lower_bound=self.cowclip_lower_bound,
                                 adam_epsilon_form=self.adam_epsilon_form,
                                 adam_epsilon=self.adam_epsilon, dense_l2=self.dense_l2,
-                                warmup_form=self.warmup_form, update=self.update)
+                                warmup_form=self.warmup_form, update=self.update,
+                                sparse_l2=self.sparse_l2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,7 +28,8 @@ from ctr.data.source import LOADERS
 from ctr.distributed.choices import DEVICES, EMBEDDING_BACKENDS, SHARDINGS
 from ctr.models.config import MODEL_NAMES
 from ctr.numerics import NUMERICS
-from ctr.optim.options import ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, UPDATE_MODES, WARMUP_FORMS
+from ctr.optim.options import (ADAM_EPSILON_FORMS, DENSE_L2_MODES, LOWER_BOUNDS, SPARSE_L2_MODES, UPDATE_MODES,
+                               WARMUP_FORMS)
 from ctr.optim.scaling import RULES, parse_batch
 
 
@@ -91,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
             "whole-table L2); sparse: only the rows present in the batch get L2, CowClip and a lazy "
             "Adam step (a step costs O(batch), not O(table); not the paper's algorithm)", str,
             UPDATE_MODES, group="main"),
+    Setting("sparse_l2", "run", "--update sparse under the cowclip rule: count: a present row's L2 is "
+            "λ/s·min(cnt, s), the base run's L2 per epoch for rare and frequent ids alike; batch: λ·s "
+            "(the dense regime's rule as it stands)", str, SPARSE_L2_MODES, group=_HP),
     Setting("numerics", "run", "native: the libraries pick CPU kernels for this CPU (fastest); "
             "portable: MKL, ATen, FBGEMM and oneDNN take their AVX2 paths, so a run repeats on "
             "another x86 machine (ctr/numerics.py)", str, NUMERICS, group="main"),

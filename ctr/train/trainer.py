@@ -169,7 +169,7 @@ class Trainer:
         self.log(f"{cfg.model} batch {format_batch(cfg.batch)} (base {format_batch(cfg.base_batch)}), "
                  f"scaling {cfg.scaling}: {describe(self.hp)}; {self.steps_per_epoch} steps/epoch, "
                  f"warmup {self.opt.warmup_steps} steps; {env.world_size} rank(s) on {env.device} ({env.backend}), "
-                 f"embedding backend {cfg.embedding_backend}, {cfg.update} table update, "
+                 f"embedding backend {cfg.embedding_backend}, {self._update_text()} table update, "
                  f"allocator {describe_active()}")
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.done_seconds, self.done_samples = 0.0, 0   # training time and samples before a resume
@@ -179,6 +179,16 @@ class Trainer:
         if self.run_dir and env.is_main:
             write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(),
                                                            "resolved_hparams": self.hp.__dict__})
+
+
+    def _update_text(self) -> str:
+        cfg, hp = self.cfg, self.hp
+        if cfg.update != "sparse" or hp.l2_batch_ratio == 1.0:
+            return cfg.update
+        if cfg.sparse_l2 == "count":
+            return (f"sparse (L2 of a present row: {hp.l2 / hp.l2_batch_ratio:.4g} x min(count, "
+                    f"{hp.l2_batch_ratio:.4g}))")
+        return f"sparse (L2 {hp.l2:.4g} on every present row)"
 
     def _saved_config(self) -> dict[str, Any] | None:
         """The run's config.json on --resume (what it resolved at its start), else None."""
@@ -388,6 +398,7 @@ class Trainer:
             self.log(f"{message}; --resume continues from the last checkpoint")
         summary: dict[str, Any] = {"status": status, "message": message, "model": cfg.model,
                                    "batch": cfg.batch, "scaling": cfg.scaling, "update": cfg.update,
+                                   "sparse_l2": cfg.sparse_l2,
                                    "epochs": cfg.epochs,
                                    "global_steps": self.global_step, "world_size": world,
                                    "device": str(env.device), "allocator": active_allocator(),
