@@ -312,3 +312,17 @@ def test_train_args_on_the_command_line_add_to_the_presets():
     spec = SweepSpec.from_preset("cpu", more_train_args=["--update", "sparse"])
     assert spec.train_args == [*preset, "--update", "sparse"]
     assert SweepSpec.from_preset("cpu", train_args=["--mlp", "8"]).train_args == ["--mlp", "8"]
+
+
+def test_a_presets_synthetic_knobs_reach_the_generator(tmp_path, monkeypatch):
+    from ctr.sweep.spec import SweepSpec
+    spec = SweepSpec.from_preset("cpu-large")
+    assert spec.synthetic["vocab_scale"] == 100 and spec.synthetic["zipf"] == 0.5
+    seen = {}
+    monkeypatch.setattr("ctr.data.synth.resolve_dataset", lambda data, **kw: seen.update(kw) or "ds")
+    assert runner.resolve_data(spec) == "ds"
+    assert seen == {"rows": 1_500_000, "seed": 0, "model": {"vocab_scale": 100.0, "zipf": 0.5}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synthetic: {rows: 1000, alpha: 2}\n")
+    with pytest.raises(ValueError, match="alpha"):
+        SweepSpec.from_preset(str(bad))

@@ -339,6 +339,23 @@ def test_ensure_demo_dataset_reuses(tmp_path, capsys):
         synth.ensure_demo_dataset(other, rows=3_000)
 
 
+def test_generator_knobs_name_and_identify_the_generated_data(monkeypatch, tmp_path, capsys):
+    """A preset's {vocab_scale, zipf}: its own directory, reused only with the same knobs."""
+    monkeypatch.setenv("CTR_DATA_DIR", str(tmp_path))
+    knobs = {"vocab_scale": 30.0, "zipf": 0.72}
+    assert synth.synthetic_dir(3_000, 0, knobs) == tmp_path / "synthetic-3000-s0-vocab_scale30-zipf0.72"
+    assert synth.synthetic_dir(synth.DEMO_ROWS, 0, knobs).name != "synthetic-demo"
+    ds = synth.resolve_dataset(None, rows=3_000, seed=0, model=knobs)
+    assert read_meta(ds.path)["synthetic"]["model"]["zipf"] == 0.72
+    plain = synth.resolve_dataset(None, rows=3_000, seed=0)
+    assert plain.path != ds.path and sum(plain.vocab_sizes.values()) < sum(ds.vocab_sizes.values())
+    capsys.readouterr()
+    synth.ensure_demo_dataset(ds.path, rows=3_000, seed=0, model=knobs)
+    assert "reusing" in capsys.readouterr().out
+    synth.ensure_demo_dataset(ds.path, rows=3_000, seed=0, model={"vocab_scale": 30.0, "zipf": 0.9})
+    assert "regenerating" in capsys.readouterr().out
+
+
 def test_demo_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("CTR_DATA_DIR", raising=False)
     demo = synth.synthetic_dir()                  # in a source checkout: its data/ directory

@@ -52,8 +52,10 @@ def resolve_data(spec: SweepSpec) -> DatasetSchema:
     """The sweep's dataset: the given one, or synthetic data generated once for it (the same
     rule and place as ``ctr-train``'s built-in data, :func:`ctr.data.synth.resolve_dataset`)."""
     from ctr.data.synth import DEMO_ROWS, resolve_dataset  # reuses it unless the generator changed
+    from ctr.sweep.spec import SYNTH_KNOBS
+    knobs = {k: float(v) for k, v in spec.synthetic.items() if k in SYNTH_KNOBS}
     return resolve_dataset(spec.data or None, rows=int(spec.synthetic.get("rows", DEMO_ROWS)),
-                           seed=int(spec.synthetic.get("seed", 0)))
+                           seed=int(spec.synthetic.get("seed", 0)), model=knobs or None)
 
 
 def run_status(out: Path, cell: Cell) -> str:

@@ -33,6 +33,11 @@ PRESET_DIR = CONFIG_DIR / "sweeps"
 DONE = ("ok", "diverged")
 
 
+# generator knobs a preset's synthetic data may set (ctr.data.synth.model.SynthConfig): the
+# vocabulary's size and skew, e.g. {vocab_scale: 30, zipf: 0.72} for millions of table rows
+SYNTH_KNOBS: dict[str, type | tuple] = {"vocab_scale": (int, float), "zipf": (int, float)}
+
+
 @dataclass
 class SweepSpec:
     name: str = "sweep"
@@ -43,7 +48,7 @@ class SweepSpec:
     epochs: int = 1
     base_batch: int | None = None            # the scaling rules' base (default: the model config's)
     data: str | None = None                  # processed dataset; None: synthetic per `synthetic`
-    synthetic: dict[str, Any] = field(default_factory=dict)   # {rows, seed} of generated data
+    synthetic: dict[str, Any] = field(default_factory=dict)   # {rows, seed, SYNTH_KNOBS} of generated data
     train_args: list[str] = field(default_factory=list)       # extra ctr-train flags for every cell
     spread: dict[str, Any] = field(default_factory=dict)      # {batch, rule, seeds}: noise check
     # more seeds of every rule at the base and the top batch: the report's top - base difference
@@ -115,7 +120,7 @@ class SweepSpec:
         for key in ("data", "out"):
             if getattr(self, key) is not None:
                 setattr(self, key, _text(key, getattr(self, key)))
-        self.synthetic = _mapping("synthetic", self.synthetic, {"rows": int, "seed": int})
+        self.synthetic = _mapping("synthetic", self.synthetic, {"rows": int, "seed": int, **SYNTH_KNOBS})
         self.train_args = [str(a) for a in _values("train_args", self.train_args, (str, int, float),
                                                    allow_empty=True)]
         self.interval_seeds = _unique(_values("interval_seeds", self.interval_seeds, int, allow_empty=True))

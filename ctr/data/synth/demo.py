@@ -23,10 +23,11 @@ import dataclasses
 import os
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
 from ctr.data.dataset import DatasetError, DatasetSchema, read_schema
 from ctr.data.synth.dataset import generate_dataset
-from ctr.data.synth.model import GENERATOR_VERSION, SynthConfig
+from ctr.data.synth.model import GENERATOR_VERSION, make_config
 
 DEMO_ROWS = 1_000_000
 DATA_ROOT_ENV = "CTR_DATA_DIR"
@@ -44,30 +45,34 @@ def data_root() -> Path:
     return Path("data")
 
 
-def synthetic_dir(rows: int = DEMO_ROWS, seed: int = 0) -> Path:
-    """The generated dataset of ``rows`` rows and ``seed``: the demo's own name for its defaults."""
-    name = "synthetic-demo" if (rows, seed) == (DEMO_ROWS, 0) else f"synthetic-{rows}-s{seed}"
+def synthetic_dir(rows: int = DEMO_ROWS, seed: int = 0, model: Mapping[str, Any] | None = None) -> Path:
+    """The generated dataset of ``rows`` rows and ``seed``: the demo's own name for its defaults.
+    ``model``: generator knobs (:class:`SynthConfig` fields) that differ from the defaults, which
+    then name the directory too (``synthetic-2000000-s0-vocab_scale30-zipf0.72``)."""
+    knobs = "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in sorted((model or {}).items()))
+    name = ("synthetic-demo" if (rows, seed) == (DEMO_ROWS, 0) and not knobs
+            else f"synthetic-{rows}-s{seed}{knobs}")
     return data_root() / name
 
 
 def resolve_dataset(data: str | os.PathLike | None, rows: int = DEMO_ROWS,
-                    seed: int = 0) -> DatasetSchema:
+                    seed: int = 0, model: Mapping[str, Any] | None = None) -> DatasetSchema:
     """The dataset a command runs on: ``data`` (read and checked), or with ``data=None`` the
-    synthetic data of ``rows`` rows and ``seed``, generated on first use."""
+    synthetic data of ``rows`` rows, ``seed`` and generator knobs ``model``, made on first use."""
     if data is None:
-        data = ensure_demo_dataset(synthetic_dir(rows, seed), rows=rows, seed=seed)
+        data = ensure_demo_dataset(synthetic_dir(rows, seed, model), rows=rows, seed=seed, model=model)
     return read_schema(data)
 
 
-def _matches(ds: DatasetSchema, rows: int, seed: int) -> bool:
+def _matches(ds: DatasetSchema, rows: int, seed: int, model: Mapping[str, Any] | None = None) -> bool:
     syn = ds.meta.get("synthetic") or {}
     return (ds.family == "synthetic" and syn.get("version") == GENERATOR_VERSION
             and syn.get("rows") == rows and syn.get("seed") == seed
-            and syn.get("model") == dataclasses.asdict(SynthConfig()))
+            and syn.get("model") == dataclasses.asdict(make_config(**(model or {}))))
 
 
 def ensure_demo_dataset(path: str | os.PathLike | None = None, rows: int = DEMO_ROWS,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, model: Mapping[str, Any] | None = None) -> Path:
     """The built-in synthetic dataset at ``path``: generated on first use, reused afterwards.
 
     Reused if its meta.json matches ``rows``, ``seed`` and this generator version (default
@@ -76,7 +81,7 @@ def ensure_demo_dataset(path: str | os.PathLike | None = None, rows: int = DEMO_
     a lock file beside ``path``. Prints one line saying which happened.
     """
     import fcntl
-    path = Path(path) if path is not None else synthetic_dir(rows, seed)
+    path = Path(path) if path is not None else synthetic_dir(rows, seed, model)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     with open(lock, "a") as fh:
@@ -93,7 +98,7 @@ def ensure_demo_dataset(path: str | os.PathLike | None = None, rows: int = DEMO_
                 if found is not None and found.family != "synthetic":
                     raise FileExistsError(f"{path} holds a {found.family!r} dataset, not "
                                           "the synthetic demo; move it away or pass another path")
-            if found is not None and _matches(found, rows, seed):
+            if found is not None and _matches(found, rows, seed, model):
                 print(f"synthetic dataset: reusing {path} ({rows:,} rows, seed {seed})", flush=True)
                 return path
             why = "regenerating (parameters changed)" if found is not None else "generating"
@@ -101,7 +106,8 @@ def ensure_demo_dataset(path: str | os.PathLike | None = None, rows: int = DEMO_
                   end="", flush=True)
             t0 = time.perf_counter()
             try:
-                generate_dataset(path, rows, seed=seed, overwrite=path.exists(), progress=False)
+                generate_dataset(path, rows, seed=seed, overwrite=path.exists(), progress=False,
+                                 **dict(model or {}))
             except BaseException:
                 print(" failed", flush=True)
                 raise
