@@ -126,6 +126,7 @@ def run(setup: Setup, env: DistEnv, options: OptimizerOptions | None = None,
     for step, b in enumerate(loader.epoch(0)):
         if step >= setup.steps:
             break
+        b = b.to(env.device)
         before = None
         if check_untouched:
             before = [(g.view().clone(), {k: v.clone() for k, v in fast_opt.sparse_state_of(g).items()})
@@ -146,7 +147,7 @@ def run(setup: Setup, env: DistEnv, options: OptimizerOptions | None = None,
         clip.append((fast_opt.last_clip_fraction, ref_opt.last_clip_fraction))
         if before is not None:
             for g, (w0, st0) in zip(fast.groups, before):
-                present = torch.zeros(g.rows, dtype=torch.bool)
+                present = torch.zeros(g.rows, dtype=torch.bool, device=g.weight.device)
                 present[list(_rows_of(g, b.global_ids, fields))] = True
                 st = fast_opt.sparse_state_of(g)
                 for now, then in [(g.view(), w0)] + [(g.view(st[k]), g.view(st0[k])) for k in st0 if k != "step"]:

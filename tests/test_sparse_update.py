@@ -15,6 +15,7 @@ from ctr.cli import train as train_cli
 from ctr.distributed.choices import torchrec_importable
 from ctr.distributed.env import DistEnv
 from ctr.models import MODEL_NAMES
+from ctr.models.row_grad import TOUCHED_ROWS_ENV
 from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.options import OptimizerOptions
 from ctr.optim.scaling import Hyperparams
@@ -46,9 +47,13 @@ def _assert_close(result):
     ("deepfm", OptimizerOptions(update="sparse")),
     ("dcn", OptimizerOptions(update="sparse", lower_bound="paper", adam_epsilon_form="torch", adam_epsilon=1e-8))],
     ids=["deepfm-reference", "dcn-paper-torch-eps"])
-def test_sparse_step_equals_a_lazy_adam_loop_and_leaves_absent_rows_alone(small_dataset, model, options):
+@pytest.mark.parametrize("form", ["exact", "fixed"])
+def test_sparse_step_equals_a_lazy_adam_loop_and_leaves_absent_rows_alone(small_dataset, model, options, form,
+                                                                          monkeypatch):
     """32 steps (CowClip clipping, L2, warm-up on); after every step every row absent from the
-    batch has the w, m, v it had before, bit for bit."""
+    batch has the w, m, v it had before, bit for bit; with the touched rows in either form
+    (fixed: the GPU's, whose padding slots rewrite the first row's own new values)."""
+    monkeypatch.setenv(TOUCHED_ROWS_ENV, form)
     setup = Setup(str(small_dataset), "sparse", model, batch=128, steps=32)
     result = run(setup, DistEnv(0, 1, 0, DEVICE, "gloo"), options, check_untouched=True)
     assert result["steps"] == 32 and result["untouched_kept"]

@@ -123,7 +123,7 @@ class FusedTable(nn.Module):
         pos = self.positions(ids)
         if self.row_grad is not None and self.records_rows():
             if touched is None:
-                touched = TouchedRows.of(pos, inverse=True)
+                touched = TouchedRows.of(pos, inverse=True, limit=int(self.weight.shape[0]))
             return row_lookup(self.weight, pos, touched, self.row_grad)
         return F.embedding(pos, self.weight)
 
@@ -198,7 +198,8 @@ class FusedSparseArch(nn.Module):
         """``features`` (ids [B, F] or a KJT) -> (``emb`` [B, F, D], ``lin`` [B] or ``None``)."""
         ids = self._ids(features)
         # The two tables have the same rows (fields and vocabularies): one sort for both.
-        touched = (TouchedRows.of(self.embedding.positions(ids), inverse=True)
+        touched = (TouchedRows.of(self.embedding.positions(ids), inverse=True,
+                                  limit=int(self.embedding.weight.shape[0]))
                    if self.embedding.records_rows() else None)
         emb = self.embedding(ids, touched)
         if self.linear is None:

@@ -31,8 +31,9 @@ the number of samples containing the id (CowClip's ``cnt``).
 **Contract.** A rank's ids are a contiguous slice of the global batch (:class:`~ctr.data.
 loader.BatchLoader`'s), so at one rank the local rows are the global ones; at N ranks
 :func:`all_reduce_rows_` must run before the step (:meth:`ctr.train.build.ModelParts.
-sync_gradients` does). ``unique`` has a data-dependent size: on CUDA it synchronises with
-the host once per step (a fixed-size alternative is left for later).
+sync_gradients` does). Off the CPU the touched rows take a fixed-size form (``n + 1`` slots
+for ``n`` lookups, padding past the distinct rows; :class:`TouchedRows`), so that no step waits
+for the device to learn ``U``.
 
 Example::
 
@@ -44,39 +45,120 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["RowGrad", "TouchedRows", "all_reduce_rows_", "row_lookup"]
+__all__ = ["RowGrad", "TOUCHED_ROWS_ENV", "TouchedRows", "all_reduce_rows_", "row_lookup", "sync_free"]
+
+
+# CTR_TOUCHED_ROWS=fixed|exact overrides the choice by device (tests, and worker processes they
+# start, run the fixed-size form on the CPU to compare it with the exact one)
+TOUCHED_ROWS_ENV = "CTR_TOUCHED_ROWS"
+
+
+def sync_free(device: torch.device) -> bool:
+    """Whether touched rows take the fixed-size form on ``device`` (every device but the CPU).
+
+    ``torch.unique`` has a data-dependent size, so on CUDA it waits for the device every step;
+    the fixed-size form (a sort, a cumulative sum and scatters, all of size ``n``) never does.
+    On the CPU nothing waits, and the exact ``[U]`` form is cheaper for what follows (at batch
+    64K, U is a quarter of n)."""
+    forced = os.environ.get(TOUCHED_ROWS_ENV, "")
+    if forced in ("fixed", "exact"):
+        return forced == "fixed"
+    if forced:
+        raise ValueError(f"{TOUCHED_ROWS_ENV}={forced!r}: expected 'fixed' or 'exact'")
+    return device.type != "cpu"
 
 
 @dataclass
 class TouchedRows:
-    """The distinct rows one batch touches in one fused layout, sorted, with their counts."""
+    """The distinct rows one batch touches in one fused layout, sorted, with their counts.
 
-    rows: Tensor                    # int64 [U], sorted, distinct rows of the fused table
-    counts: Tensor                  # int64 [U], occurrences of each row in the batch
+    Two forms, the same numbers. Exact (CPU): ``rows`` [U]. Fixed-size (``padded``, every
+    other device: no host synchronisation): ``rows`` [n + 1] for n lookups, the U distinct rows
+    first, then padding slots holding ``limit`` (past every row, so ``rows`` stays sorted) with
+    count 0 and zero gradient. Readers gather and scatter through :attr:`index`, where padding
+    points at the first row, and :meth:`pad_like_first_` before scattering, so a padding slot
+    rewrites the first row's own new value: duplicate writes of one value, deterministic."""
+
+    rows: Tensor                    # int64 [U] sorted distinct rows (padded: [n + 1], then `limit`)
+    counts: Tensor                  # int64, occurrences of each row in the batch (0: padding)
     inverse: Tensor | None = None   # int64 [n]: rows[inverse] == the positions (local lookups)
     is_global: bool = False         # the global batch's rows (after all_reduce_rows_)
+    padded: bool = False            # the fixed-size form
+    _index: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def of(cls, positions: Tensor, inverse: bool = False, is_global: bool = False) -> TouchedRows:
-        """The touched rows of ``positions`` (any shape, int64 rows of the fused table)."""
+    def of(cls, positions: Tensor, inverse: bool = False, is_global: bool = False,
+           limit: int | None = None) -> TouchedRows:
+        """The touched rows of ``positions`` (any shape, int64 rows of the fused table, all below
+        ``limit``, the table's row count: needed for the fixed-size form's padding value)."""
         flat = positions.reshape(-1)
+        if sync_free(flat.device):
+            if limit is None:
+                raise ValueError("the fixed-size touched rows need the table's row count (limit)")
+            return cls._fixed_size(flat, limit, is_global)
         if inverse:
             rows, inv, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
             return cls(rows, counts, inv, is_global)
         rows, counts = torch.unique(flat, sorted=True, return_counts=True)
         return cls(rows, counts, None, is_global)
 
+    @classmethod
+    def _fixed_size(cls, flat: Tensor, limit: int, is_global: bool) -> TouchedRows:
+        """``unique(sorted, inverse, counts)`` without a data-dependent size: slot k of the output
+        is the k-th distinct value of the sorted positions, found by a cumulative sum of "differs
+        from its left neighbour"."""
+        n = flat.numel()
+        ordered, order = torch.sort(flat)
+        first = torch.ones(n, dtype=torch.bool, device=flat.device)
+        if n > 1:
+            torch.ne(ordered[1:], ordered[:-1], out=first[1:])
+        slot = torch.cumsum(first, 0).sub_(1)                 # int64 [n]: each sorted lookup's row slot
+        rows = torch.full((n + 1,), limit, dtype=torch.long, device=flat.device)
+        rows.scatter_(0, slot, ordered)                       # duplicates write one value
+        counts = torch.zeros(n + 1, dtype=torch.long, device=flat.device)
+        counts.index_add_(0, slot, torch.ones_like(slot))     # integer sums: order-free
+        inv = torch.empty_like(slot).scatter_(0, order, slot)
+        return cls(rows, counts, inv, is_global, padded=True)
+
     @property
     def occurrences(self) -> int:
         """Lookups of the batch (``n``): the sum of the counts."""
         return int(self.inverse.numel()) if self.inverse is not None else int(self.counts.sum())
+
+    @property
+    def index(self) -> Tensor:
+        """Rows to gather from and scatter to: :attr:`rows`, padding pointed at the first row."""
+        if not self.padded:
+            return self.rows
+        if self._index is None:
+            self._index = torch.where(self.counts > 0, self.rows, self.rows[:1])
+        return self._index
+
+    @property
+    def valid(self) -> Tensor | None:
+        """bool [len(rows)]: the slots holding a row (None: all of them, the exact form)."""
+        return self.counts > 0 if self.padded else None
+
+    def distinct(self) -> Tensor | int:
+        """U, the distinct rows (a tensor in the fixed-size form: read it only off the step)."""
+        return self.valid.sum() if self.padded else int(self.rows.numel())  # type: ignore[union-attr]
+
+    def pad_like_first(self, values: Tensor) -> Tensor:
+        """``values`` [len(rows), ...] with every padding slot set to slot 0's (a new tensor;
+        ``values`` itself in the exact form): scattered through :attr:`index`, the first row
+        then gets one value however many slots point at it."""
+        if not self.padded:
+            return values
+        keep = (self.counts > 0).view(-1, *([1] * (values.dim() - 1)))
+        return torch.where(keep, values, values[:1])
 
 
 class RowGrad:
@@ -124,7 +206,7 @@ class RowGrad:
         own rows are, provided it saw the same batch (checked by its size, see the contract in
         the module docstring). No gradient yet: the global batch's rows, values zero."""
         if self.touched is None or self.values is None:
-            self.touched = TouchedRows.of(self.positions(global_ids), is_global=True)
+            self.touched = TouchedRows.of(self.positions(global_ids), is_global=True, limit=self.rows)
             self.values = torch.zeros(self.touched.rows.numel(), self.dim, device=global_ids.device)
             return self.touched
         if not self.touched.is_global:
@@ -143,8 +225,8 @@ class RowGrad:
             self._dense = torch.zeros_like(like, memory_format=torch.contiguous_format)
         buf = self._dense.view(-1, self.dim)
         if self.values is not None and self.touched is not None and not self._dense_all:
-            buf.index_copy_(0, self.touched.rows, self.values)
-            self._dense_rows = self.touched.rows
+            buf.index_copy_(0, self.touched.index, self.touched.pad_like_first(self.values))
+            self._dense_rows = self.touched.index
         return self._dense
 
     def mark_dense_dirty(self) -> None:
@@ -199,13 +281,14 @@ def all_reduce_rows_(grads: list[RowGrad], global_ids: Tensor, world_size: int) 
     Every rank knows the global batch, so every rank computes the same global rows ``[U_g]``
     (one ``unique`` per table layout); each places its local values there (its rows are a
     subset) and one ``all_reduce`` of ``[U_g, D]`` per table sums them; ``/ world_size`` as DDP
-    averages. Nothing of the tables' full size is sent."""
+    averages. Nothing of the tables' full size is sent. (Fixed-size form: ``[n_g + 1, D]``;
+    local padding, whose values are zero, lands on a global padding slot.)"""
     cache: dict[tuple[int, tuple[int, ...]], tuple[TouchedRows, Tensor | None]] = {}
     for rg in grads:
         local = rg.touched
         key = (id(local), rg.starts)
         if key not in cache:
-            glob = TouchedRows.of(rg.positions(global_ids), is_global=True)
+            glob = TouchedRows.of(rg.positions(global_ids), is_global=True, limit=rg.rows)
             where = (torch.searchsorted(glob.rows, local.rows) if local is not None and rg.values is not None
                      else None)
             cache[key] = (glob, where)

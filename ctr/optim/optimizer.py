@@ -69,9 +69,16 @@ import torch
 from ctr.distributed.counts import IdCounter, RowCounts
 from ctr.distributed.shards import FusedGroup
 from ctr.models import reference_l2
+from ctr.models.row_grad import TouchedRows
 from ctr.optim.cowclip import cowclip_
 from ctr.optim.options import ADAM_BETAS, WARMUP_START_LR, OptimizerOptions
 from ctr.optim.scaling import Hyperparams
+
+
+def _clipped(scale: torch.Tensor, touched: TouchedRows) -> torch.Tensor:
+    """Rows CowClip scaled down (a tensor: read off the step), padding slots not counted."""
+    below = scale < 1
+    return (below & touched.valid).sum() if touched.valid is not None else below.sum()
 
 
 class CTROptimizer:
@@ -106,7 +113,7 @@ class CTROptimizer:
                 raise ValueError(f"a row-gradient table's fields {[s.field for s in g.shards]} are not "
                                  f"the batch's id columns {list(sparse_fields)}")
         self.step_count = 0
-        self._last_clip: tuple[torch.Tensor | int, int] = (0, 0)
+        self._last_clip: tuple[torch.Tensor | int, torch.Tensor | int] = (0, 0)
 
     def _dense_param_groups(self, named: dict[str, torch.nn.Parameter]) -> list[dict[str, Any]]:
         """Adam param groups by :func:`ctr.models.reference_l2`'s group, in order of first
@@ -174,17 +181,19 @@ class CTROptimizer:
         return batch if isinstance(batch, RowCounts) else self._id_counter.of(batch)
 
     def _touched(self, g: FusedGroup, counts: RowCounts
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(rows of the group present in the global batch, sorted; their counts; their gradient
-        ``[U, D]``; the full ``[rows, D]`` gradient it was gathered from, or None when the rows
-        are the gradient itself). A row-grad group's values are modified in place by callers."""
+                 ) -> tuple[TouchedRows, torch.Tensor, torch.Tensor | None]:
+        """(the group's rows present in the global batch, sorted, with their counts; their
+        gradient ``[U, D]``; the full ``[rows, D]`` gradient it was gathered from, or None when
+        the rows are the gradient itself). A row-grad group's values are modified in place by
+        callers. Read and write rows through ``touched.index`` (the fixed-size form off the CPU
+        has padding slots: count 0, zero gradient, see :class:`~ctr.models.row_grad.TouchedRows`)."""
         if g.row_grad is not None:
             touched = g.row_grad.global_rows(counts.ids)
             assert g.row_grad.values is not None
-            return touched.rows, touched.counts, g.row_grad.values, None
+            return touched, g.row_grad.values, None
         rows, cnt = counts.present(g)
         grad2d = g.view(g.weight.grad)
-        return rows, cnt, grad2d.index_select(0, rows), grad2d
+        return TouchedRows(rows, cnt, is_global=True), grad2d.index_select(0, rows), grad2d
 
     def _clip_total_(self, total: torch.Tensor, w_rows: torch.Tensor, counts: torch.Tensor
                      ) -> torch.Tensor:
@@ -193,7 +202,7 @@ class CTROptimizer:
         return cowclip_(total, w_rows, counts, r=hp.r, zeta=hp.zeta, lower_bound=self.lower_bound)
 
     @torch.no_grad()
-    def _cowclip_group_(self, g: FusedGroup, batch: RowCounts) -> tuple[torch.Tensor, int]:
+    def _cowclip_group_(self, g: FusedGroup, batch: RowCounts) -> tuple[torch.Tensor, torch.Tensor | int]:
         """Clips the group's embedding rows in place (the dense regime: the gradient left for
         Adam's ``weight_decay = 2λ`` is ``clipped - 2λw``); returns (rows clipped, considered)."""
         hp = self.hp
@@ -211,14 +220,14 @@ class CTROptimizer:
             scale = self._clip_total_(full, w2d, counts)
             full.sub_(w2d, alpha=l2x2)
             return (scale < 1).sum(), scale.numel()
-        rows, counts, total, grad2d = self._touched(g, batch)
-        w_rows = w2d.index_select(0, rows)
+        touched, total, grad2d = self._touched(g, batch)
+        w_rows = w2d.index_select(0, touched.index)
         total.add_(w_rows, alpha=l2x2)
-        scale = self._clip_total_(total, w_rows, counts)
+        scale = self._clip_total_(total, w_rows, touched.counts)
         total.sub_(w_rows, alpha=l2x2)
         if grad2d is not None:
-            grad2d.index_copy_(0, rows, total)
-        return (scale < 1).sum(), rows.numel()
+            grad2d.index_copy_(0, touched.rows, total)
+        return _clipped(scale, touched), touched.distinct()
 
     @torch.no_grad()
     def clip_(self, batch: RowCounts | torch.Tensor) -> None:
@@ -227,7 +236,7 @@ class CTROptimizer:
         alone). ``batch``: as for :meth:`step`."""
         counts = self.row_counts(batch)
         clipped: torch.Tensor | int = 0
-        total = 0
+        total: torch.Tensor | int = 0
         for g in self.groups:
             if g.kind == "embedding" and self._has_grad(g):
                 c, n = self._cowclip_group_(g, counts)
@@ -283,7 +292,7 @@ class CTROptimizer:
             return
         self.ensure_sparse_state()
         clipped: torch.Tensor | int = 0
-        considered = 0
+        considered: torch.Tensor | int = 0
         for g in self.groups:
             c, n = self._sparse_step_group_(g, counts, t, eps)
             if g.kind == "embedding" and self.hp.cowclip:
@@ -294,12 +303,13 @@ class CTROptimizer:
 
     @torch.no_grad()
     def _sparse_step_group_(self, g: FusedGroup, batch: RowCounts, t: int, eps: float
-                            ) -> tuple[torch.Tensor | int, int]:
+                            ) -> tuple[torch.Tensor | int, torch.Tensor | int]:
         """Lazy Adam on the group's present rows: ``g + 2λw``, CowClip (embedding groups), then
         torch Adam's update on those rows' w, m, v. Returns (rows clipped, rows considered)."""
         assert self.sparse is not None
         hp = self.hp
-        rows, counts, total, _ = self._touched(g, batch)
+        touched, total, _ = self._touched(g, batch)
+        rows, counts = touched.index, touched.counts
         st = self.sparse.state[g.weight]
         w2d, m2d, v2d = g.view(), g.view(st["exp_avg"]), g.view(st["exp_avg_sq"])
         w = w2d.index_select(0, rows)
@@ -312,7 +322,7 @@ class CTROptimizer:
             total.add_(w, alpha=2.0 * hp.l2)
         clipped: torch.Tensor | int = 0
         if hp.cowclip and g.kind == "embedding":
-            clipped = (self._clip_total_(total, w, counts) < 1).sum()
+            clipped = _clipped(self._clip_total_(total, w, counts), touched)
         m, v = m2d.index_select(0, rows), v2d.index_select(0, rows)
         b1, b2 = ADAM_BETAS
         # torch.optim.Adam's arithmetic (torch's eps form; adam_eps gives Keras' in it)
@@ -320,11 +330,11 @@ class CTROptimizer:
         v.mul_(b2).addcmul_(total, total, value=1.0 - b2)
         denom = v.sqrt().div_(math.sqrt(1.0 - b2 ** t)).add_(eps)
         w.addcdiv_(m, denom, value=-hp.embedding_lr / (1.0 - b1 ** t))
-        w2d.index_copy_(0, rows, w)
-        m2d.index_copy_(0, rows, m)
-        v2d.index_copy_(0, rows, v)
+        w2d.index_copy_(0, rows, touched.pad_like_first(w))
+        m2d.index_copy_(0, rows, touched.pad_like_first(m))
+        v2d.index_copy_(0, rows, touched.pad_like_first(v))
         st["step"].add_(1.0)
-        return clipped, rows.numel()
+        return clipped, touched.distinct()
 
     # ---- state, keyed by table rows so a checkpoint can be loaded at another world size ----
 
