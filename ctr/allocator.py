@@ -22,6 +22,13 @@ glibc      ``GLIBC_TUNABLES`` += ``glibc.malloc.mmap_threshold=2147483648`` (blo
 system     the environment as it is (inherited settings included)
 =========  ==========================================================================
 
+``tcmalloc`` and ``glibc`` also set ``THP_MEM_ALLOC_ENABLE=1``: torch then puts every tensor of
+2 MB or more on 2 MB-aligned memory advised for transparent huge pages (where the kernel's
+``transparent_hugepage/enabled`` is ``madvise`` or ``always``). A training step's lookups read
+rows of multi-GB tables at random, and with 4 KB pages nearly each one misses the TLB: a gather
+of 26K random rows of a 6.4M x 10 table took 1.2 ms with 4 KB pages and 0.22 ms with 2 MB ones
+here, 1.7M rows 128 and 85 ms (the RSS moved by under 1%).
+
 Existing ``LD_PRELOAD`` entries stay first (they keep precedence), and values already in
 ``GLIBC_TUNABLES`` or ``TCMALLOC_RELEASE_RATE`` win over these.
 
@@ -66,8 +73,10 @@ CHOICES = (AUTO, TCMALLOC, GLIBC, SYSTEM)
 
 TCMALLOC_LIBRARY = "libtcmalloc_minimal.so.4"
 APT_PACKAGE = "libtcmalloc-minimal4"
+# torch's switch for 2 MB pages under its tensors (see the module docstring), with either malloc
+TORCH_SETTINGS = {"THP_MEM_ALLOC_ENABLE": "1"}
 # tcmalloc's default (1.0) returns ~10% of a freed 100 MB block's pages, which fault again
-TCMALLOC_SETTINGS = {"TCMALLOC_RELEASE_RATE": "0"}
+TCMALLOC_SETTINGS = {"TCMALLOC_RELEASE_RATE": "0", **TORCH_SETTINGS}
 GLIBC_SETTINGS = {"glibc.malloc.mmap_threshold": str(2 << 30),     # 2 GiB
                   "glibc.malloc.trim_threshold": str(64 << 30)}    # 64 GiB
 
@@ -151,7 +160,7 @@ def plan(env: Mapping[str, str] | None = None, find: Callable[[], str | None] = 
     if choice == GLIBC:
         if not on_glibc:
             raise AllocatorError(f"{ENV}=glibc, but this C library is not glibc; set {ENV}=system")
-        changes = {}
+        changes = {k: v for k, v in TORCH_SETTINGS.items() if k not in env}
         if any(map(_is_tcmalloc, preload)):   # inherited from a tcmalloc parent: glibc was asked for
             changes["LD_PRELOAD"] = " ".join(p for p in preload if not _is_tcmalloc(p))
         old = env.get("GLIBC_TUNABLES", "")

@@ -27,6 +27,7 @@ from ctr.allocator import (
 ROOT = Path(__file__).resolve().parents[1]
 LIB = "/opt/x/libtcmalloc_minimal.so.4"
 TUNED = ":".join(f"{k}={v}" for k, v in GLIBC_SETTINGS.items())
+THP = {"THP_MEM_ALLOC_ENABLE": "1"}   # torch's 2 MB pages, with either malloc
 TCMALLOC_HERE = allocator.find_tcmalloc()
 needs_tcmalloc = pytest.mark.skipif(TCMALLOC_HERE is None, reason=f"{allocator.TCMALLOC_LIBRARY} "
                                     "is not installed here (apt-get install libtcmalloc-minimal4)")
@@ -46,20 +47,21 @@ def absent():
 def test_auto_takes_tcmalloc_where_found():
     p = plan({}, find=found, glibc=True)
     assert p.mode == TCMALLOC and p.library == LIB
-    assert p.changes == {"LD_PRELOAD": LIB, "TCMALLOC_RELEASE_RATE": "0"}
+    assert p.changes == {"LD_PRELOAD": LIB, "TCMALLOC_RELEASE_RATE": "0", "THP_MEM_ALLOC_ENABLE": "1"}
 
 
 def test_auto_falls_back_to_glibc_tunables_then_to_system():
-    assert plan({}, find=absent, glibc=True) == allocator.Plan(GLIBC, {"GLIBC_TUNABLES": TUNED})
+    assert plan({}, find=absent, glibc=True) == allocator.Plan(GLIBC, {"GLIBC_TUNABLES": TUNED, **THP})
     assert plan({}, find=absent, glibc=False) == allocator.Plan(SYSTEM)
     assert plan({"CTR_ALLOCATOR": "auto"}, find=absent, glibc=True).mode == GLIBC
 
 
 def test_existing_ld_preload_is_kept_first_and_existing_values_win():
-    p = plan({"LD_PRELOAD": "/a/libfoo.so:/b/libbar.so", "TCMALLOC_RELEASE_RATE": "2"}, find=found, glibc=True)
+    p = plan({"LD_PRELOAD": "/a/libfoo.so:/b/libbar.so", "TCMALLOC_RELEASE_RATE": "2",
+              "THP_MEM_ALLOC_ENABLE": "0"}, find=found, glibc=True)
     assert p.changes == {"LD_PRELOAD": f"/a/libfoo.so /b/libbar.so {LIB}"}
     # a tcmalloc already preloaded (any path): nothing to change, so no restart
-    assert plan({"LD_PRELOAD": "/usr/lib64/libtcmalloc.so.4", "TCMALLOC_RELEASE_RATE": "0"},
+    assert plan({"LD_PRELOAD": "/usr/lib64/libtcmalloc.so.4", "TCMALLOC_RELEASE_RATE": "0", **THP},
                 find=found, glibc=True).changes == {}
 
 
@@ -67,8 +69,9 @@ def test_existing_glibc_tunables_are_merged_and_the_users_values_win():
     p = plan({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=65536"},
              find=absent, glibc=True)
     assert p.changes == {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=65536:"
-                                           "glibc.malloc.trim_threshold=68719476736"}
-    assert plan({"GLIBC_TUNABLES": TUNED}, find=absent, glibc=True).changes == {}
+                                           "glibc.malloc.trim_threshold=68719476736", **THP}
+    assert plan({"GLIBC_TUNABLES": TUNED}, find=absent, glibc=True).changes == THP
+    assert plan({"GLIBC_TUNABLES": TUNED, **THP}, find=absent, glibc=True).changes == {}
 
 
 def test_the_plan_is_a_fixed_point():
@@ -83,7 +86,7 @@ def test_overrides():
     env = {"LD_PRELOAD": f"/x/liby.so {LIB}", "GLIBC_TUNABLES": "a.b=1"}
     # glibc asked for: tunables set, an inherited tcmalloc dropped, other preloads kept
     assert plan({**env, "CTR_ALLOCATOR": "glibc"}, find=found, glibc=True).changes == {
-        "LD_PRELOAD": "/x/liby.so", "GLIBC_TUNABLES": f"a.b=1:{TUNED}"}
+        "LD_PRELOAD": "/x/liby.so", "GLIBC_TUNABLES": f"a.b=1:{TUNED}", **THP}
     assert plan({**env, "CTR_ALLOCATOR": " System "}, find=found, glibc=True) == allocator.Plan(SYSTEM)
     assert plan({"CTR_ALLOCATOR": "TCMALLOC"}, find=found, glibc=False).mode == TCMALLOC
 
@@ -125,7 +128,7 @@ def test_install_only_where_missing_and_root(monkeypatch):
 def _clean_env(**extra: str) -> dict[str, str]:
     """This environment without any allocator set-up (the tests' own included), plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("GLIBC_TUNABLES", "TCMALLOC_RELEASE_RATE", MARKER, allocator.ENV)}
+           if k not in ("GLIBC_TUNABLES", "TCMALLOC_RELEASE_RATE", "THP_MEM_ALLOC_ENABLE", MARKER, allocator.ENV)}
     preload = [p for p in env.pop("LD_PRELOAD", "").replace(":", " ").split() if "tcmalloc" not in p]
     if preload:
         env["LD_PRELOAD"] = " ".join(preload)

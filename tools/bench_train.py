@@ -8,8 +8,11 @@ For each batch size it times, in the same process and on the same data:
   PyTorch, one fused table per kind, row gradients) and per table update of ``--update``
   (``dense``: the paper's, every row every step; ``sparse``: the batch's rows only);
 - ``DNN floor``: a plain-PyTorch step (forward, backward, Adam) of the same MLP alone on a
-  dense input of the same width (fields x dim + dense features): what no CTR framework can
-  beat on this model;
+  dense input of the same width (fields x dim + dense features), with the gradient of that
+  input, which a CTR model must hand back to its embeddings: what no CTR framework can beat on
+  this model. (Until 2026-12-07 the floor left that gradient out: the first layer's backward
+  GEMM for the input, 8% of the MLP's multiply-adds at 273 x 400 x 400 x 400, which the real
+  step and TorchRec's peer both do, so the floor understated the work);
 - ``bandwidth floor``: one streaming read + write of every byte of w, m and v of all tables:
   ``buf.neg_()`` on one float32 buffer of ``3 x table rows x (D + 1)`` elements (the size of
   the embedding and first-order tables' w, m, v together): each element is read once and
@@ -87,10 +90,11 @@ def dnn_floor(width: int, mlp: list[int], batch: int, warmup: int, steps: int) -
     layers.append(nn.Linear(d, 1))
     net = nn.Sequential(*layers)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = torch.randn(batch, width), torch.randint(0, 2, (batch,)).float()
+    x, y = torch.randn(batch, width, requires_grad=True), torch.randint(0, 2, (batch,)).float()
 
     def step():
         opt.zero_grad()
+        x.grad = None            # a fresh input gradient every step, as the embeddings get
         nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(-1), y).backward()
         opt.step()
     return time_steps(step, warmup, steps)
