@@ -62,9 +62,14 @@ def summary(run_dir):
 
 @pytest.fixture(scope="module")
 def reference_run(small_dataset, tmp_path_factory):
-    """2 uninterrupted epochs: what every interrupted-and-resumed run must reproduce."""
+    """2 uninterrupted epochs: what every interrupted-and-resumed run must reproduce. A process
+    of its own, started as theirs (one thread, fresh state): run inside pytest's process it
+    inherited what earlier tests left there, and in the full suite on some machines (a CI run,
+    and this AMD EPYC VM) its weights differed from the faulted runs' in the last bit while the
+    module alone passed. Which state it was is not pinned down."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    assert train(*COMMON, "--data", small_dataset, "--out", out) == 0
+    p = train_proc(*COMMON, "--data", small_dataset, "--out", out)
+    assert p.returncode == 0, p.stderr[-2000:]
     return out
 
 
