@@ -100,9 +100,11 @@ LARGE_L2 = Hyperparams(dense_lr=1e-3, embedding_lr=1e-2, l2=1e-2, warmup_epochs=
 
 
 @pytest.mark.device
-@pytest.mark.parametrize("form", ["exact", "fixed"])
-@pytest.mark.parametrize("model,hp", [("deepfm", None), ("dcnv2", None), ("wd", LARGE_L2)],
-                         ids=["deepfm", "dcnv2", "wd-full-table-clip"])
+@pytest.mark.parametrize("model,hp,form", [("deepfm", None, "exact"), ("dcnv2", None, "exact"),
+                                           ("wd", LARGE_L2, "exact"), ("deepfm", None, "fixed"),
+                                           ("wd", LARGE_L2, "fixed")],
+                         ids=["deepfm", "dcnv2", "wd-full-table-clip", "deepfm-fixed-size-rows",
+                              "wd-full-table-clip-fixed-size-rows"])
 def test_dense_step_on_row_gradients_equals_the_whole_table_step(small_dataset, model, hp, form, monkeypatch):
     """32 steps, CowClip on and clipping, L2 on, dense warm-up on: the same weights and Adam
     moments as the full-gradient step (bit for bit on the CPU), with the touched rows in either

@@ -43,11 +43,12 @@ def _assert_close(result):
 
 
 @pytest.mark.device
-@pytest.mark.parametrize("model,options", [
-    ("deepfm", OptimizerOptions(update="sparse")),
-    ("dcn", OptimizerOptions(update="sparse", lower_bound="paper", adam_epsilon_form="torch", adam_epsilon=1e-8))],
-    ids=["deepfm-reference", "dcn-paper-torch-eps"])
-@pytest.mark.parametrize("form", ["exact", "fixed"])
+@pytest.mark.parametrize("model,options,form", [
+    ("deepfm", OptimizerOptions(update="sparse"), "exact"),
+    ("dcn", OptimizerOptions(update="sparse", lower_bound="paper", adam_epsilon_form="torch", adam_epsilon=1e-8),
+     "exact"),
+    ("deepfm", OptimizerOptions(update="sparse"), "fixed")],
+    ids=["deepfm-reference", "dcn-paper-torch-eps", "deepfm-reference-fixed-size-rows"])
 def test_sparse_step_equals_a_lazy_adam_loop_and_leaves_absent_rows_alone(small_dataset, model, options, form,
                                                                           monkeypatch):
     """32 steps (CowClip clipping, L2, warm-up on); after every step every row absent from the
