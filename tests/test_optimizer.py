@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ctr.distributed.shards import FusedGroup, TableShard
+from ctr.models.row_grad import TOUCHED_ROWS_ENV
 from ctr.optim.optimizer import CTROptimizer
 from ctr.optim.options import OptimizerOptions
 from ctr.optim.scaling import Hyperparams
@@ -119,6 +120,46 @@ def test_fast_step_equals_brute_force(l2, cowclip, options):
         for a, b in zip(fast, slow):
             assert torch.allclose(a.weight.detach().cpu(), b.weight, atol=1e-6, rtol=1e-5)
     assert clipped_any == cowclip  # the test would notice a clip that never fires
+
+
+@pytest.mark.parametrize("update", ["dense", "sparse"])
+def test_full_gradient_groups_in_the_fixed_size_form_equal_the_exact_one(update, monkeypatch):
+    """The torchrec backend's groups (a full ``weight.grad``) read their rows in the fixed-size
+    form off the CPU (no host sync); forced here, the step equals the exact form's (to float32
+    rounding: CowClip's gemv row norms), also at a step where the row-wise shard receives no id
+    of the batch: its padding then points at row 0 and writes back what was there."""
+    hp = Hyperparams(dense_lr=1e-3, embedding_lr=1e-2, l2=1e-5, warmup_epochs=0, cowclip=True, r=1.0, zeta=1e-3)
+    out = {}
+    for form in ("exact", "fixed"):
+        monkeypatch.setenv(TOUCHED_ROWS_ENV, form)
+        groups = make_groups(device=DEVICE)
+        dense = torch.nn.Parameter(torch.zeros(3, device=DEVICE))
+        opt = CTROptimizer([dense], groups, hp, warmup_steps=0, sparse_fields=FIELDS,
+                           options=OptimizerOptions(update=update))
+        gen = torch.Generator().manual_seed(1)
+        clipped = 0.0
+        for t in range(4):
+            ids = torch.stack([torch.randint(0, 7, (16,), generator=gen),
+                               torch.randint(0, 5, (16,), generator=gen),
+                               torch.randint(0, 30, (16,), generator=gen)], dim=1)
+            if t == 2:
+                ids[:, 2] %= 10          # C ids 0..9: none in the row-wise shard (rows 10..19)
+            grads = [torch.randn(g.weight.shape, generator=gen) * 1e-2 for g in groups]
+            absent_rows_get_no_data_gradient(groups, grads, ids)
+            opt.zero_grad()
+            dense.grad = torch.zeros(3, device=DEVICE)
+            for g, gr in zip(groups, grads):
+                g.weight.grad = gr.to(DEVICE)
+            shard_before = groups[1].weight.detach().clone()
+            opt.step(ids.to(DEVICE))
+            clipped = max(clipped, opt.last_clip_fraction)
+            if t == 2 and update == "sparse":     # a lazy step leaves an untouched shard alone
+                assert torch.equal(groups[1].weight.detach(), shard_before)
+        assert clipped > 0
+        out[form] = [g.weight.detach().cpu().clone() for g in groups] + [
+            opt.sparse_state_of(g)[k].cpu().clone() for g in groups for k in ("exp_avg", "exp_avg_sq")]
+    for a, b in zip(out["exact"], out["fixed"]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.device

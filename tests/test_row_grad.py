@@ -182,3 +182,20 @@ def test_fixed_size_touched_rows_are_unique_padded(monkeypatch, limit_gap):
     monkeypatch.setenv(TOUCHED_ROWS_ENV, "exact")
     e = TouchedRows.of(pos, inverse=True)
     assert not e.padded and torch.equal(e.rows, rows) and e.index is e.rows and e.valid is None
+
+
+def test_fixed_size_rows_leave_out_positions_past_the_table(monkeypatch):
+    """A sharded lookup's positions mark other shards' ids with the table's row count: in the
+    fixed-size form those get count 0 (padding); with no row of the table at all, padding
+    points at row 0. ``from_counts`` puts a count vector's non-zero rows first."""
+    monkeypatch.setenv(TOUCHED_ROWS_ENV, "fixed")
+    t = TouchedRows.of(torch.tensor([5, 9, 2, 9, 5, 9]), limit=9)
+    assert t.rows.tolist() == [2, 5, 9, 9, 9, 9, 9] and t.counts.tolist() == [1, 2, 0, 0, 0, 0, 0]
+    assert t.index.tolist() == [2, 5, 2, 2, 2, 2, 2] and int(t.distinct()) == 2
+    none = TouchedRows.of(torch.tensor([9, 9]), limit=9)
+    assert none.index.tolist() == [0, 0, 0] and int(none.distinct()) == 0
+    vals, before = torch.ones(3, 2), torch.full((1, 2), 7.0)
+    assert none.pad_like_first(vals, before).tolist() == [[7.0, 7.0]] * 3    # row 0 keeps its value
+    c = TouchedRows.from_counts(torch.tensor([0, 3, 0, 1]))
+    assert c.rows.tolist() == [1, 3, 0, 2] and c.counts.tolist() == [3, 1, 0, 0]
+    assert c.index.tolist() == [1, 3, 1, 1]

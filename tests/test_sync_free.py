@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ctr.distributed.choices import torchrec_importable
 from ctr.distributed.env import shutdown_distributed
 from ctr.models.row_grad import TOUCHED_ROWS_ENV
 from ctr.train.config import load_config
@@ -51,9 +52,9 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _trainer(data, update: str, model: str) -> Trainer:
+def _trainer(data, update: str, model: str, backend: str = "torch") -> Trainer:
     cfg = load_config(model, "synthetic", overrides={
-        "batch": 512, "data": str(data), "device": DEVICE.type, "embedding_backend": "torch",
+        "batch": 512, "data": str(data), "device": DEVICE.type, "embedding_backend": backend,
         "update": update, "scaling": "cowclip", "r": 1e-2, "mlp": [16, 16], "cross_layers": 1,
         "dcnv2_low_rank": 2, "dcnv2_experts": 2})
     tr = Trainer(cfg, quiet=True)
@@ -79,12 +80,18 @@ def _audited_step(tr: Trainer, batches) -> tuple[list[str], int]:
     return audit.reads, syncs
 
 
+needs_torchrec = pytest.mark.skipif(not torchrec_importable(), reason="torchrec / fbgemm_gpu do not import here")
+
+
 @pytest.mark.device
 @pytest.mark.parametrize("update", ["dense", "sparse"])
-@pytest.mark.parametrize("model", ["deepfm", "dcnv2"])
-def test_a_training_step_reads_the_device_once_for_the_loss(small_dataset, monkeypatch, update, model):
+@pytest.mark.parametrize("model,backend", [("deepfm", "torch"), ("dcnv2", "torch"),
+                                           pytest.param("deepfm", "torchrec", marks=needs_torchrec)])
+def test_a_training_step_reads_the_device_once_for_the_loss(small_dataset, monkeypatch, update, model, backend):
+    """Both embedding backends: TorchRec's (its lookups' counts, a full ``weight.grad``) and the
+    torch one (row gradients). TorchRec's own CPU lookups read nothing back here either."""
     monkeypatch.setenv(TOUCHED_ROWS_ENV, "fixed")        # the GPU's form (its default there)
-    tr = _trainer(small_dataset, update, model)
+    tr = _trainer(small_dataset, update, model, backend)
     try:
         batches = iter(tr.loader.epoch(0))
         tr.train_step(next(batches))                     # the first step makes Adam's state

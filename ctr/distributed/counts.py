@@ -14,7 +14,9 @@
         ctr.distributed.gather) ──IdCounter──▶ counts
 
 :class:`RowCounts` is the one seam between where counts come from and the optimizer, which
-asks it ``counts(group)`` (whole-table clip) and ``present(group)`` (the rows of the batch).
+asks it ``counts(group)`` (whole-table clip) and ``touched(group)`` (the rows of the batch, as
+:class:`~ctr.models.row_grad.TouchedRows`: ``present(group)``'s rows and counts on the CPU, the
+fixed-size form elsewhere, so that a GPU step never waits to learn how many rows there are).
 
 **Why an all-reduce of counts for data-parallel groups**, not an all-gather of their fields'
 ids: ``--sharding auto`` replicates only small tables (at most 10k rows), while CowClip's
@@ -43,6 +45,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ctr.distributed.shards import FusedGroup
+from ctr.models.row_grad import TouchedRows, sync_free
 
 __all__ = ["GlobalIdCounts", "GroupIndex", "IdCounter", "LookupCounts", "LookupRecorder", "RowCounts",
            "needs_global_ids"]
@@ -57,6 +60,24 @@ def needs_global_ids(embedding_backend: str) -> bool:
     torch backend does (its replicated tables sync their touched rows by them); TorchRec's
     lookups count their own rows. ``auto`` (unresolved): yes, to be safe."""
     return embedding_backend != "torchrec"
+
+
+def _histogram(positions: Tensor, rows: int) -> Tensor:
+    """Occurrences of every row below ``rows`` in ``positions`` (others ignored), int64 [rows].
+    Off the CPU an ``index_add_`` into a fixed size: ``bincount`` reads the largest value first."""
+    if sync_free(positions.device):
+        out = torch.zeros(rows + 1, dtype=torch.long, device=positions.device)
+        return out.index_add_(0, positions.clamp(max=rows), torch.ones_like(positions))[:rows]
+    return torch.bincount(positions, minlength=rows + 1)[:rows]
+
+
+def _touched(positions: Tensor, rows: int) -> TouchedRows:
+    """The rows below ``rows`` that ``positions`` holds, with their counts: :func:`_present`'s
+    result on the CPU, the fixed-size form elsewhere (no host synchronisation)."""
+    if sync_free(positions.device):
+        return TouchedRows.of(positions, is_global=True, limit=rows)
+    found, cnt = _present(positions, rows)
+    return TouchedRows(found, cnt, is_global=True)
 
 
 def _present(positions: Tensor, rows: int) -> tuple[Tensor, Tensor]:
@@ -81,6 +102,11 @@ class RowCounts:
 
     def present(self, group: FusedGroup) -> tuple[Tensor, Tensor]:
         """(rows present in the batch, sorted; their counts)."""
+        raise NotImplementedError
+
+    def touched(self, group: FusedGroup) -> TouchedRows:
+        """:meth:`present` as :class:`~ctr.models.row_grad.TouchedRows`, in the fixed-size form
+        off the CPU (what the optimizer reads: no host synchronisation)."""
         raise NotImplementedError
 
     @property
@@ -109,12 +135,14 @@ class GroupIndex:
 
     def counts(self, global_ids: Tensor) -> Tensor:
         """Occurrences in the global batch of every row of the group (0 for absent rows)."""
-        pos = self._positions(global_ids)
-        return torch.bincount(pos, minlength=self.total_rows + 1)[: self.total_rows]
+        return _histogram(self._positions(global_ids), self.total_rows)
 
     def present(self, global_ids: Tensor) -> tuple[Tensor, Tensor]:
         """(rows present in the batch, sorted; their counts)."""
         return _present(self._positions(global_ids), self.total_rows)
+
+    def touched(self, global_ids: Tensor) -> TouchedRows:
+        return _touched(self._positions(global_ids), self.total_rows)
 
 
 class IdCounter:
@@ -148,6 +176,9 @@ class GlobalIdCounts(RowCounts):
     def present(self, group: FusedGroup) -> tuple[Tensor, Tensor]:
         return self._index[id(group)].present(self._ids)
 
+    def touched(self, group: FusedGroup) -> TouchedRows:
+        return self._index[id(group)].touched(self._ids)
+
 
 class LookupCounts(RowCounts):
     """Counts of one global batch, from what each group's lookup received (:class:`LookupRecorder`):
@@ -161,7 +192,7 @@ class LookupCounts(RowCounts):
         summed = self._summed.get(id(group.weight))
         if summed is not None:
             return summed
-        return torch.bincount(self._rows_of(group), minlength=group.rows)[: group.rows]
+        return _histogram(self._rows_of(group), group.rows)
 
     def present(self, group: FusedGroup) -> tuple[Tensor, Tensor]:
         summed = self._summed.get(id(group.weight))
@@ -169,6 +200,15 @@ class LookupCounts(RowCounts):
             found = summed.nonzero().squeeze(1)
             return found, summed.index_select(0, found)
         return _present(self._rows_of(group), group.rows)
+
+    def touched(self, group: FusedGroup) -> TouchedRows:
+        summed = self._summed.get(id(group.weight))
+        if summed is not None and sync_free(summed.device):
+            return TouchedRows.from_counts(summed)
+        if summed is None and sync_free(self._rows_of(group).device):
+            return _touched(self._rows_of(group), group.rows)
+        found, cnt = self.present(group)
+        return TouchedRows(found, cnt, is_global=True)
 
     def _rows_of(self, group: FusedGroup) -> Tensor:
         return _recorded(self._positions, group)
@@ -203,8 +243,7 @@ class LookupRecorder:
         positions, self._positions = self._positions, {}
         summed: dict[int, Tensor] = {}
         if self._replicated:
-            local = [torch.bincount(_recorded(positions, g), minlength=g.rows)[: g.rows]
-                     for g in self._replicated]
+            local = [_histogram(_recorded(positions, g), g.rows) for g in self._replicated]
             flat = torch.cat(local)
             if self.world_size > 1:
                 dist.all_reduce(flat)

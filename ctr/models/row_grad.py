@@ -125,8 +125,16 @@ class TouchedRows:
         rows.scatter_(0, slot, ordered)                       # duplicates write one value
         counts = torch.zeros(n + 1, dtype=torch.long, device=flat.device)
         counts.index_add_(0, slot, torch.ones_like(slot))     # integer sums: order-free
+        counts.masked_fill_(rows >= limit, 0)                 # positions past the table: not its rows
         inv = torch.empty_like(slot).scatter_(0, order, slot)
         return cls(rows, counts, inv, is_global, padded=True)
+
+    @classmethod
+    def from_counts(cls, counts: Tensor) -> TouchedRows:
+        """The fixed-size form from a table-sized count vector ``counts`` [rows] (the rows with a
+        non-zero count, ascending, then every other row as padding), without reading it."""
+        order = torch.argsort((counts == 0).to(torch.int8), stable=True)
+        return cls(order, counts.index_select(0, order), None, True, padded=True)
 
     @property
     def occurrences(self) -> int:
@@ -139,7 +147,8 @@ class TouchedRows:
         if not self.padded:
             return self.rows
         if self._index is None:
-            self._index = torch.where(self.counts > 0, self.rows, self.rows[:1])
+            first = torch.where(self.counts[:1] > 0, self.rows[:1], 0)   # row 0 when none is touched
+            self._index = torch.where(self.counts > 0, self.rows, first)
         return self._index
 
     @property
@@ -151,14 +160,19 @@ class TouchedRows:
         """U, the distinct rows (a tensor in the fixed-size form: read it only off the step)."""
         return self.valid.sum() if self.padded else int(self.rows.numel())  # type: ignore[union-attr]
 
-    def pad_like_first(self, values: Tensor) -> Tensor:
+    def pad_like_first(self, values: Tensor, first_before: Tensor | None = None) -> Tensor:
         """``values`` [len(rows), ...] with every padding slot set to slot 0's (a new tensor;
         ``values`` itself in the exact form): scattered through :attr:`index`, the first row
-        then gets one value however many slots point at it."""
+        then gets one value however many slots point at it. Where no row is touched at all
+        (a shard that received no id), padding points at row 0 and gets ``first_before``, the
+        value gathered from there before the update (slot 0's ``[1, ...]``): unchanged."""
         if not self.padded:
             return values
         keep = (self.counts > 0).view(-1, *([1] * (values.dim() - 1)))
-        return torch.where(keep, values, values[:1])
+        first = values[:1]
+        if first_before is not None:
+            first = torch.where(keep[:1], first, first_before)
+        return torch.where(keep, values, first)
 
 
 class RowGrad:

@@ -191,9 +191,9 @@ class CTROptimizer:
             touched = g.row_grad.global_rows(counts.ids)
             assert g.row_grad.values is not None
             return touched, g.row_grad.values, None
-        rows, cnt = counts.present(g)
+        touched = counts.touched(g)
         grad2d = g.view(g.weight.grad)
-        return TouchedRows(rows, cnt, is_global=True), grad2d.index_select(0, rows), grad2d
+        return touched, grad2d.index_select(0, touched.index), grad2d
 
     def _clip_total_(self, total: torch.Tensor, w_rows: torch.Tensor, counts: torch.Tensor
                      ) -> torch.Tensor:
@@ -221,12 +221,13 @@ class CTROptimizer:
             full.sub_(w2d, alpha=l2x2)
             return (scale < 1).sum(), scale.numel()
         touched, total, grad2d = self._touched(g, batch)
+        before = total[:1].clone() if touched.padded and grad2d is not None else None
         w_rows = w2d.index_select(0, touched.index)
         total.add_(w_rows, alpha=l2x2)
         scale = self._clip_total_(total, w_rows, touched.counts)
         total.sub_(w_rows, alpha=l2x2)
         if grad2d is not None:
-            grad2d.index_copy_(0, touched.rows, total)
+            grad2d.index_copy_(0, touched.index, touched.pad_like_first(total, before))
         return _clipped(scale, touched), touched.distinct()
 
     @torch.no_grad()
@@ -324,15 +325,17 @@ class CTROptimizer:
         if hp.cowclip and g.kind == "embedding":
             clipped = _clipped(self._clip_total_(total, w, counts), touched)
         m, v = m2d.index_select(0, rows), v2d.index_select(0, rows)
+        # slot 0's values before the update: padding writes them back where no row is touched
+        before = [x[:1].clone() for x in (w, m, v)] if touched.padded else [None, None, None]
         b1, b2 = ADAM_BETAS
         # torch.optim.Adam's arithmetic (torch's eps form; adam_eps gives Keras' in it)
         m.lerp_(total, 1.0 - b1)
         v.mul_(b2).addcmul_(total, total, value=1.0 - b2)
         denom = v.sqrt().div_(math.sqrt(1.0 - b2 ** t)).add_(eps)
         w.addcdiv_(m, denom, value=-hp.embedding_lr / (1.0 - b1 ** t))
-        w2d.index_copy_(0, rows, touched.pad_like_first(w))
-        m2d.index_copy_(0, rows, touched.pad_like_first(m))
-        v2d.index_copy_(0, rows, touched.pad_like_first(v))
+        w2d.index_copy_(0, rows, touched.pad_like_first(w, before[0]))
+        m2d.index_copy_(0, rows, touched.pad_like_first(m, before[1]))
+        v2d.index_copy_(0, rows, touched.pad_like_first(v, before[2]))
         st["step"].add_(1.0)
         return clipped, touched.distinct()
 
