@@ -25,9 +25,10 @@ system     the environment as it is (inherited settings included)
 ``tcmalloc`` and ``glibc`` also set ``THP_MEM_ALLOC_ENABLE=1``: torch then puts every tensor of
 2 MB or more on 2 MB-aligned memory advised for transparent huge pages (where the kernel's
 ``transparent_hugepage/enabled`` is ``madvise`` or ``always``). A training step's lookups read
-rows of multi-GB tables at random, and with 4 KB pages nearly each one misses the TLB: a gather
-of 26K random rows of a 6.4M x 10 table took 1.2 ms with 4 KB pages and 0.22 ms with 2 MB ones
-here, 1.7M rows 128 and 85 ms (the RSS moved by under 1%).
+rows of multi-GB tables at random, and with 4 KB pages most of them miss the TLB: a gather of
+26K random rows of a 6.4M x 10 table took 0.28 ms with 4 KB pages and 0.21 ms with 2 MB ones
+here (one thread), 1.7M rows 54 and 49 ms (the RSS moved by under 1%); a whole step, less than
+the machine's noise.
 
 Existing ``LD_PRELOAD`` entries stay first (they keep precedence), and values already in
 ``GLIBC_TUNABLES`` or ``TCMALLOC_RELEASE_RATE`` win over these.

@@ -203,10 +203,10 @@ class LookupCounts(RowCounts):
 
     def touched(self, group: FusedGroup) -> TouchedRows:
         summed = self._summed.get(id(group.weight))
-        if summed is not None and sync_free(summed.device):
-            return TouchedRows.from_counts(summed)
-        if summed is None and sync_free(self._rows_of(group).device):
+        if summed is None:
             return _touched(self._rows_of(group), group.rows)
+        if sync_free(summed.device):
+            return TouchedRows.from_counts(summed)
         found, cnt = self.present(group)
         return TouchedRows(found, cnt, is_global=True)
 

@@ -84,7 +84,7 @@ class TouchedRows:
     other device: no host synchronisation): ``rows`` [n + 1] for n lookups, the U distinct rows
     first, then padding slots holding ``limit`` (past every row, so ``rows`` stays sorted) with
     count 0 and zero gradient. Readers gather and scatter through :attr:`index`, where padding
-    points at the first row, and :meth:`pad_like_first_` before scattering, so a padding slot
+    points at the first row, and :meth:`pad_like_first` before scattering, so a padding slot
     rewrites the first row's own new value: duplicate writes of one value, deterministic."""
 
     rows: Tensor                    # int64 [U] sorted distinct rows (padded: [n + 1], then `limit`)
@@ -93,6 +93,7 @@ class TouchedRows:
     is_global: bool = False         # the global batch's rows (after all_reduce_rows_)
     padded: bool = False            # the fixed-size form
     _index: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _valid: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, positions: Tensor, inverse: bool = False, is_global: bool = False,
@@ -147,18 +148,24 @@ class TouchedRows:
         if not self.padded:
             return self.rows
         if self._index is None:
-            first = torch.where(self.counts[:1] > 0, self.rows[:1], 0)   # row 0 when none is touched
-            self._index = torch.where(self.counts > 0, self.rows, first)
+            valid = self._valid_slots()
+            first = torch.where(valid[:1], self.rows[:1], 0)   # row 0 when none is touched
+            self._index = torch.where(valid, self.rows, first)
         return self._index
 
     @property
     def valid(self) -> Tensor | None:
         """bool [len(rows)]: the slots holding a row (None: all of them, the exact form)."""
-        return self.counts > 0 if self.padded else None
+        return self._valid_slots() if self.padded else None
+
+    def _valid_slots(self) -> Tensor:
+        if self._valid is None:
+            self._valid = self.counts > 0
+        return self._valid
 
     def distinct(self) -> Tensor | int:
         """U, the distinct rows (a tensor in the fixed-size form: read it only off the step)."""
-        return self.valid.sum() if self.padded else int(self.rows.numel())  # type: ignore[union-attr]
+        return self._valid_slots().sum() if self.padded else int(self.rows.numel())
 
     def pad_like_first(self, values: Tensor, first_before: Tensor | None = None) -> Tensor:
         """``values`` [len(rows), ...] with every padding slot set to slot 0's (a new tensor;
@@ -168,7 +175,7 @@ class TouchedRows:
         value gathered from there before the update (slot 0's ``[1, ...]``): unchanged."""
         if not self.padded:
             return values
-        keep = (self.counts > 0).view(-1, *([1] * (values.dim() - 1)))
+        keep = self._valid_slots().view(-1, *([1] * (values.dim() - 1)))
         first = values[:1]
         if first_before is not None:
             first = torch.where(keep[:1], first, first_before)
